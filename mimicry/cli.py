@@ -1,0 +1,40 @@
+"""The ``mimicry`` console script: the composition root of the project.
+
+Sub-command groups live next to the code they drive (``mimicry/commands/``) and are attached here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from mimicry import __version__
+from mimicry.commands.data import app as data_app
+
+app = typer.Typer(
+    name="mimicry",
+    help="Train, serve and audit explainable chest X-ray models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # never print local variables (could hold PHI)
+)
+app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version."),
+) -> None:
+    """mimicry command line."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
