@@ -6,6 +6,7 @@ Sub-command groups live next to the code they drive (``mimicry/commands/``) and 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import typer
 
@@ -38,3 +39,10 @@ def main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_third_party_phi()
+
+
+def quiet_third_party_phi() -> None:
+    """pydicom's warnings and log records quote malformed attribute values (names, UIDs): keep them out."""
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?")
