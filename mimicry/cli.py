@@ -12,6 +12,7 @@ import typer
 
 from mimicry import __version__
 from mimicry.commands.data import app as data_app
+from mimicry.commands.registry import app as registry_app
 
 app = typer.Typer(
     name="mimicry",
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # never print local variables (could hold PHI)
 )
 app.add_typer(data_app, name="data")
+app.add_typer(registry_app, name="registry")
 
 
 def _version(value: bool) -> None:
