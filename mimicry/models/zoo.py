@@ -75,7 +75,7 @@ def list_architectures() -> list[str]:
     return sorted(_ARCHITECTURES)
 
 
-def build_model(arch: str, **kwargs: Any) -> CamClassifier:
+def build_model(arch: str, /, **kwargs: Any) -> CamClassifier:
     """Build a freshly initialised model of architecture ``arch`` with constructor ``kwargs``.
 
     Raises:

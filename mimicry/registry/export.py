@@ -121,8 +121,25 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _members(model: CamClassifier) -> list[CamClassifier]:
+    """The single models whose Grad-CAM makes up ``model``'s: its members for an ensemble, else itself."""
+    from mimicry.models.ensemble import Ensemble
+
+    return list(model.submodels) if isinstance(model, Ensemble) else [model]
+
+
 def cam_layer_name(model: CamClassifier) -> str:
-    """Dotted path of ``model.cam_layer`` among ``model.named_modules()``."""
+    """Dotted path of ``model.cam_layer`` among ``model.named_modules()``.
+
+    An :class:`~mimicry.models.ensemble.Ensemble` has no single feature layer: its Grad-CAM is the mean of
+    its members' maps, so its name is ``submodels.*.<member layer>`` (all members must agree).
+    """
+    members = _members(model)
+    if members != [model]:
+        names = {cam_layer_name(m) for m in members}
+        if len(names) != 1:
+            raise ExportError(f"ensemble members disagree on their cam layer: {sorted(names)}")
+        return f"submodels.*.{names.pop()}"
     target = model.cam_layer
     for name, module in model.named_modules():
         if module is target and name:
@@ -294,8 +311,15 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _captum_cams(model: CamClassifier, x: Tensor) -> np.ndarray:
-    """captum ``LayerGradCam(relu_attributions=True)`` at ``model.cam_layer``, every class → [N, K, h, w]."""
+    """captum ``LayerGradCam(relu_attributions=True)`` at ``model.cam_layer``, every class → [N, K, h, w].
+
+    For an ensemble: the mean of the members' captum maps (the ensemble's Grad-CAM by definition).
+    """
     from captum.attr import LayerGradCam
+
+    members = _members(model)
+    if members != [model]:
+        return np.mean([_captum_cams(m, x) for m in members], axis=0)
 
     gc = LayerGradCam(model, model.cam_layer)
     maps = []
@@ -439,7 +463,8 @@ def export_model(
     if not isinstance(model, CamClassifier):
         raise ExportError(f"{type(model).__name__} is not a CamClassifier")
     try:
-        assert_contract(model, size=h)
+        for member in _members(model):
+            assert_contract(member, size=h)
     except ModelContractError as exc:
         raise ExportError(f"model breaks the CamClassifier contract: {exc}") from exc
     batches = _parity_batches(x)
