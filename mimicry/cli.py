@@ -10,9 +10,11 @@ import warnings
 
 import typer
 
+from audit.cli import app as audit_app
+from audit.gate import make_gate_factory
 from mimicry import __version__
 from mimicry.commands.data import app as data_app
-from mimicry.commands.registry import app as registry_app
+from mimicry.commands.registry import make_app as make_registry_app
 
 app = typer.Typer(
     name="mimicry",
@@ -22,7 +24,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # never print local variables (could hold PHI)
 )
 app.add_typer(data_app, name="data")
-app.add_typer(registry_app, name="registry")
+# `registry promote` refuses a version whose latest audit failed (unless --force): the audit's gate.
+app.add_typer(make_registry_app(gate_factory=make_gate_factory()), name="registry")
+app.add_typer(audit_app, name="audit")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,72 @@
+"""Audit checks: composable functions over a loaded model's maps and a reference store (DESIGN.md, "Audit").
+
+Each check returns a :class:`~audit.checks.base.CheckResult` (per-case scores, bootstrap summaries,
+baselines):
+
+* :func:`gaze_alignment` — KLD, NSS, CC, SIM, AUC-Judd vs EGD heatmaps / fixations;
+* :func:`localisation_utility` — AUPRC, IoU, pointing game vs finding masks, with the average-mask baseline;
+* :func:`cascading_randomisation`, :func:`independent_randomisation`, :func:`degradation_threshold`;
+* :func:`map_agreement` (repeatability / reproducibility vs SSIM 0.5), :func:`runtime_reproducibility`;
+* :func:`replicate_consistency` (logistic-regression separability);
+* :func:`faithfulness` (insertion / deletion AUC); :func:`shortcut_mass` (marker, outside anatomy, border);
+* :func:`subgroup_gaps` (gender, age bucket, site); :func:`compare_models` (paired tests between models).
+"""
+
+from audit.checks.base import BootstrapSettings, CheckResult, MetricSummary, summarise_values
+from audit.checks.compare import Comparison, compare_models
+from audit.checks.consistency import replicate_consistency
+from audit.checks.faithfulness import FAITHFULNESS_METRICS, faithfulness, faithfulness_scores
+from audit.checks.gaze import GAZE_METRICS, gaze_alignment, gaze_scores
+from audit.checks.localisation import LOCALISATION_METRICS, localisation_scores, localisation_utility
+from audit.checks.randomisation import (
+    Explainer,
+    cascading_randomisation,
+    degradation_threshold,
+    independent_randomisation,
+    randomisation_stages,
+    reinitialise,
+)
+from audit.checks.shortcut import SHORTCUT_METRICS, shortcut_mass, shortcut_scores
+from audit.checks.similarity import (
+    LOW_BASELINE_SSIM,
+    map_agreement,
+    onnx_forward,
+    runtime_reproducibility,
+    torch_forward,
+)
+from audit.checks.subgroups import gap_metric, subgroup_gaps
+
+__all__ = [
+    "FAITHFULNESS_METRICS",
+    "GAZE_METRICS",
+    "LOCALISATION_METRICS",
+    "LOW_BASELINE_SSIM",
+    "SHORTCUT_METRICS",
+    "BootstrapSettings",
+    "CheckResult",
+    "Comparison",
+    "Explainer",
+    "MetricSummary",
+    "cascading_randomisation",
+    "compare_models",
+    "degradation_threshold",
+    "faithfulness",
+    "faithfulness_scores",
+    "gap_metric",
+    "gaze_alignment",
+    "gaze_scores",
+    "independent_randomisation",
+    "localisation_scores",
+    "localisation_utility",
+    "map_agreement",
+    "onnx_forward",
+    "randomisation_stages",
+    "reinitialise",
+    "replicate_consistency",
+    "runtime_reproducibility",
+    "shortcut_mass",
+    "shortcut_scores",
+    "subgroup_gaps",
+    "summarise_values",
+    "torch_forward",
+]

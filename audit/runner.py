@@ -1,0 +1,660 @@
+"""The audit runner: registry model(s) × reference store × methods × checks → scores, verdicts, history.
+
+:func:`run_audit` is what ``mimicry audit run`` calls (DESIGN.md, "Model lifecycle": registry version →
+audit → SQLite history → report → Prometheus → promotion gate). Per model version:
+
+1. the torch twin and the ONNX model are loaded from the registry (sha256-verified);
+2. reference cases are read one chunk at a time (bounded memory), preprocessed with the card's spec, and each
+   method's maps are computed on the twin (:func:`mimicry.saliency.explain`, maps in [0, 1] at model
+   resolution) and mapped back to the native grid (:func:`mimicry.preprocess.unletterbox`);
+3. per-case checks (gaze, localisation, shortcut, faithfulness) are scored and stored in the history in one
+   transaction per chunk — cases already scored for the same (model sha256, method, config) are taken from
+   the history instead (cache / resume after a kill);
+4. model-level checks run on the first ``policy.pairwise_cases`` cases: cascading and independent
+   randomisation with the degradation threshold, repeatability (versions sharing the replicate group),
+   reproducibility (other architectures, same dataset fingerprint), explanation consistency across
+   replicates, runtime reproducibility (torch twin vs ONNX Runtime);
+5. subgroup gaps, the policy's verdicts, and the run's end row.
+
+Several audited models are then compared pairwise (paired t-test and Wilcoxon per shared metric).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.checks import (
+    BootstrapSettings,
+    CheckResult,
+    Comparison,
+    Explainer,
+    cascading_randomisation,
+    compare_models,
+    degradation_threshold,
+    independent_randomisation,
+    map_agreement,
+    onnx_forward,
+    replicate_consistency,
+    runtime_reproducibility,
+    subgroup_gaps,
+    torch_forward,
+)
+from audit.checks.faithfulness import faithfulness_scores
+from audit.checks.gaze import gaze_scores
+from audit.checks.localisation import baseline_map, localisation_scores
+from audit.checks.shortcut import shortcut_scores
+from audit.errors import AuditError, CheckInputError
+from audit.history import History
+from audit.policy import Policy, Verdict, evaluate, gate_passed
+from audit.reference import ReferenceCase, ReferenceSet
+from mimicry.preprocess import unletterbox
+from mimicry.registry import ModelCard, Registry, RegistryError
+from mimicry.saliency import SaliencyError, explain
+
+__all__ = [
+    "PER_CASE_CHECKS",
+    "AuditConfig",
+    "AuditReport",
+    "ModelAudit",
+    "make_explainer",
+    "model_sha256",
+    "resolve_models",
+    "run_audit",
+]
+
+log = logging.getLogger(__name__)
+
+#: Checks scored per (model, method, case) and cached in the history.
+PER_CASE_CHECKS: tuple[str, ...] = ("gaze", "localisation", "shortcut", "faithfulness")
+#: Number of example cases kept for the report's overlays.
+N_EXAMPLES = 2
+#: Version of the per-case scoring code; part of the cache key.
+SCORING_VERSION = 1
+
+
+@dataclass
+class AuditConfig:
+    """What to audit and how (the command line, resolved).
+
+    Attributes:
+        registry: registry directory. models: references (``NAME``, ``NAME:V``, ``NAME@ALIAS``,
+            ``NAME:all``, ``all``). reference: EGD-layout reference store. policy: the parsed policy.
+        methods / checks: override the policy's lists (``None``: the policy's).
+        history_path: SQLite history (``None``: no history, no cache).
+        jobs: threads scoring cases in parallel. batch_size: cases per chunk (memory bound).
+        progress: show a progress bar (stderr).
+    """
+
+    registry: Path
+    models: Sequence[str]
+    reference: Path
+    policy: Policy
+    methods: Sequence[str] | None = None
+    checks: Sequence[str] | None = None
+    history_path: Path | None = None
+    jobs: int = 1
+    batch_size: int = 8
+    progress: bool = False
+
+    @property
+    def method_list(self) -> list[str]:
+        return list(self.methods) if self.methods else list(self.policy.methods)
+
+    @property
+    def check_list(self) -> list[str]:
+        if self.checks and list(self.checks) != ["all"]:
+            return list(self.checks)
+        return self.policy.check_list
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "registry": str(self.registry),
+            "models": list(self.models),
+            "reference": str(self.reference),
+            "methods": self.method_list,
+            "checks": self.check_list,
+            "jobs": self.jobs,
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass
+class ModelAudit:
+    """The audit of one model version."""
+
+    name: str
+    version: int
+    sha256: str
+    architecture: str
+    methods: list[str]
+    results: list[CheckResult] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    passed: bool = False
+    run_id: int | None = None
+    duration_s: float = 0.0
+    n_cases: int = 0
+    n_cached: int = 0
+    errors: list[str] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def result(self, check: str, method: str) -> CheckResult | None:
+        for r in self.results:
+            if r.check == check and r.method == method:
+                return r
+        return None
+
+
+@dataclass
+class AuditReport:
+    """Everything one ``audit run`` produced."""
+
+    config: dict[str, Any]
+    policy: Policy
+    models: list[ModelAudit]
+    comparisons: list[Comparison]
+    started: float
+    finished: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.models) and all(m.passed and not m.errors for m in self.models)
+
+
+def model_sha256(card: ModelCard) -> str:
+    """Identity of a version's artifacts: sha256 over its sorted ``artifact=sha256`` lines."""
+    text = "\n".join(f"{k}={v}" for k, v in sorted(card.artifacts.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_models(registry: Registry, specs: Sequence[str]) -> list[tuple[str, int]]:
+    """Expand model references: ``all`` (every version of every model), ``NAME:all``, or one reference."""
+    out: list[tuple[str, int]] = []
+    for spec in specs:
+        if spec == "all":
+            out.extend((n, v) for n in registry.models() for v in registry.versions(n))
+        elif spec.endswith(":all"):
+            name = spec[: -len(":all")]
+            out.extend((name, v) for v in registry.versions(name))
+        else:
+            out.append(registry.resolve(spec))
+    return list(dict.fromkeys(out))
+
+
+def make_explainer(method: str, params: dict[str, Any] | None = None) -> Explainer:
+    """``explainer(model, x, targets) -> maps[N,S,S]`` for :func:`mimicry.saliency.explain`."""
+    kwargs = dict(params or {})
+
+    def run(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        return np.asarray(explain(model, x, targets, method, **kwargs), dtype=np.float32)  # type: ignore[arg-type]
+
+    return run
+
+
+def _numpy_forward(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def fwd(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(np.asarray(x, np.float32))), dim=1).numpy()
+
+    return fwd
+
+
+def _class(names: Sequence[str], i: int) -> str:
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+class _Audit:
+    """State of one ``run_audit`` call (shared reference, history, baselines)."""
+
+    def __init__(self, config: AuditConfig, registry: Registry, reference: ReferenceSet) -> None:
+        self.config = config
+        self.policy = config.policy
+        self.registry = registry
+        self.reference = reference
+        self.checks = config.check_list
+        self.methods = config.method_list
+        self.bootstrap: BootstrapSettings = self.policy.bootstrap_settings
+        self.history = History(config.history_path) if config.history_path else None
+        self.average_mask = reference.average_mask() if "localisation" in self.checks else None
+        self.groups: dict[str, dict[str, str | None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, config.jobs))
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        if self.history is not None:
+            self.history.close()
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    def config_sha(self, method: str) -> str:
+        p = self.policy
+        key = {
+            "scoring": SCORING_VERSION,
+            "method": method,
+            "params": p.method_params.get(method, {}),
+            "target": p.target,
+            "faithfulness_steps": p.faithfulness.steps,
+            "checks": sorted(c for c in self.checks if c in PER_CASE_CHECKS),
+            "split": p.split,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def targets(self, model: torch.nn.Module, cases: Sequence[ReferenceCase]) -> list[int]:
+        if self.policy.target == "label":
+            return [c.label_index for c in cases]
+        x = torch.from_numpy(np.stack([c.x for c in cases]))
+        with torch.no_grad():
+            return [int(t) for t in model(x).argmax(dim=1)]
+
+    def score_case(
+        self, case: ReferenceCase, map_model: np.ndarray, target: int, forward: Callable
+    ) -> list[tuple[str, str, float]]:
+        native = unletterbox(map_model, case.letterbox)
+        rows: list[tuple[str, str, float]] = []
+        parts = {
+            "gaze": lambda: gaze_scores(native, case),
+            "localisation": lambda: localisation_scores(native, case),
+            "shortcut": lambda: shortcut_scores(native, case),
+            "faithfulness": lambda: faithfulness_scores(
+                map_model, case.x, forward, target, steps=self.policy.faithfulness.steps
+            ),
+        }
+        for check in PER_CASE_CHECKS:
+            if check in self.checks:
+                rows.extend((check, m, v) for m, v in parts[check]().items())
+        return rows
+
+    def baseline_rows(self, case: ReferenceCase) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        if "localisation" in self.checks and self.average_mask is not None:
+            out["localisation"] = localisation_scores(baseline_map(self.average_mask, case.shape), case)
+        if "shortcut" in self.checks:
+            out["shortcut"] = shortcut_scores(np.ones(case.shape, np.float32), case)
+        return out
+
+    def partners(self, card: ModelCard) -> dict[str, list[ModelCard]]:
+        """Replicates (same replicate group) and reproducibility partners (other architecture, same data)."""
+        reps: list[ModelCard] = []
+        archs: list[ModelCard] = []
+        for name in self.registry.models():
+            for v in self.registry.versions(name):
+                if name == card.name and v == card.version:
+                    continue
+                try:
+                    other = self.registry.card(f"{name}:{v}")
+                except RegistryError:
+                    continue
+                if card.replicate_group and other.replicate_group == card.replicate_group:
+                    reps.append(other)
+                elif (
+                    card.dataset_fingerprint
+                    and other.dataset_fingerprint == card.dataset_fingerprint
+                    and other.architecture != card.architecture
+                ):
+                    archs.append(other)
+        k = self.policy.max_partners
+        return {"repeatability": reps[:k], "reproducibility": archs[:k]}
+
+    # ------------------------------------------------------------------------------------ one model
+
+    def audit_model(self, name: str, version: int) -> ModelAudit:
+        t0 = time.perf_counter()
+        ref = f"{name}:{version}"
+        card = self.registry.card(ref)
+        audit = ModelAudit(name, version, model_sha256(card), card.architecture, list(self.methods))
+        run_id = None
+        if self.history is not None:
+            run_id = self.history.start_run(
+                model=name,
+                version=version,
+                sha256=audit.sha256,
+                policy_json=self.policy.canonical_json(),
+                policy_sha256=self.policy.sha256,
+                config=self.config.to_dict(),
+            )
+        audit.run_id = run_id
+        try:
+            self._audit_model(card, audit)
+            audit.verdicts = evaluate(self.policy, audit.results, self.methods)
+            audit.passed = gate_passed(audit.verdicts) and not audit.errors
+        except (AuditError, RegistryError, SaliencyError, ValueError, RuntimeError) as exc:
+            audit.errors.append(f"{type(exc).__name__}: {exc}")
+            audit.passed = False
+            log.error("audit of %s failed: %s", ref, type(exc).__name__)
+        audit.duration_s = time.perf_counter() - t0
+        if self.history is not None and run_id is not None:
+            self.history.record_results(run_id, audit.results, audit.verdicts)
+            status = "error" if audit.errors else ("passed" if audit.passed else "failed")
+            self.history.finish_run(run_id, status=status, passed=audit.passed)
+        return audit
+
+    def _audit_model(self, card: ModelCard, audit: ModelAudit) -> None:
+        spec = card.preprocessing
+        names = card.class_names
+        twin = self.registry.load_twin(card.ref)
+        forward = _numpy_forward(twin)
+        explainers = {m: make_explainer(m, self.policy.method_params.get(m)) for m in self.methods}
+        n = len(self.reference)
+        k = min(self.policy.pairwise_cases, n)
+        per_case_on = [c for c in self.checks if c in PER_CASE_CHECKS]
+        shas = {m: self.config_sha(m) for m in self.methods}
+        cached = {
+            m: (
+                self.history.cached_cases(model_sha256=audit.sha256, config_sha256=shas[m], method=m)
+                if self.history is not None and per_case_on
+                else {}
+            )
+            for m in self.methods
+        }
+        scores: dict[str, dict[str, tuple[str, list[tuple[str, str, float]]]]] = {m: {} for m in self.methods}
+        baselines: dict[str, CheckResult] = {}
+        pair_x: list[np.ndarray] = []
+        pair_t: list[int] = []
+        pair_keys: list[str] = []
+        pair_maps: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
+        failed: set[str] = set()
+        positions = list(range(n))
+        chunks = [positions[i : i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
+        bar = None
+        if self.config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc=f"audit {audit.ref}", unit="case", leave=False)
+        for chunk in chunks:
+            cases = [self.reference.case(i, spec) for i in chunk]
+            targets = self.targets(twin, cases)
+            for c in cases:
+                self.groups[c.key] = dict(c.groups)
+                for check, vals in self.baseline_rows(c).items():
+                    baselines.setdefault(check, CheckResult(check, "baseline")).add_case(c.key, vals)
+            for j, (c, t) in enumerate(zip(cases, targets, strict=True)):
+                if chunk[j] < k:
+                    pair_x.append(c.x)
+                    pair_t.append(t)
+                    pair_keys.append(c.key)
+            for m in self.methods:
+                if m in failed:
+                    continue
+                need = [
+                    j for j, c in enumerate(cases) if c.key not in cached[m] or chunk[j] < max(k, N_EXAMPLES)
+                ]
+                maps: dict[int, np.ndarray] = {}
+                if need:
+                    x = torch.from_numpy(np.stack([cases[j].x for j in need]))
+                    tt = torch.tensor([targets[j] for j in need], dtype=torch.long)
+                    try:
+                        out = explainers[m](twin, x, tt)
+                    except (SaliencyError, ValueError, RuntimeError) as exc:
+                        failed.add(m)
+                        audit.errors.append(f"method {m}: {type(exc).__name__}: {exc}")
+                        continue
+                    maps = {j: out[i] for i, j in enumerate(need)}
+                new: dict[str, tuple[str, list[tuple[str, str, float]]]] = {}
+                todo = [j for j in range(len(cases)) if cases[j].key not in cached[m]]
+                futures = {
+                    j: self._pool.submit(self.score_case, cases[j], maps[j], targets[j], forward)
+                    for j in todo
+                }
+                for j, c in enumerate(cases):
+                    if j in futures:
+                        new[c.key] = (_class(names, targets[j]), futures[j].result())
+                    else:
+                        audit.n_cached += 1
+                    if chunk[j] < k:
+                        pair_maps[m].append(maps[j])
+                    if chunk[j] < N_EXAMPLES:
+                        self._example(audit, c, m, maps[j])
+                reused = {c.key: cached[m][c.key] for c in cases if c.key in cached[m]}
+                scores[m].update(reused)
+                scores[m].update(new)
+                if self.history is not None and audit.run_id is not None and per_case_on:
+                    self.history.record_cases(
+                        audit.run_id,
+                        model_sha256=audit.sha256,
+                        config_sha256=shas[m],
+                        method=m,
+                        cases={**reused, **new},
+                    )
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        audit.n_cases = n
+        base_results = {check: r.summarise(self.bootstrap) for check, r in baselines.items()}
+        per_case_results: list[CheckResult] = []
+        for m in self.methods:
+            if m in failed:
+                continue
+            by_check: dict[str, CheckResult] = {}
+            for key, (cls, rows) in scores[m].items():
+                for check, metric, value in rows:
+                    r = by_check.setdefault(check, CheckResult(check, m))
+                    r.values.setdefault(metric, {})[key] = value
+                    r.case_class[key] = cls
+            for check in PER_CASE_CHECKS:
+                if check not in by_check:
+                    continue
+                r = by_check[check].summarise(self.bootstrap)
+                if check == "localisation" and "localisation" in base_results:
+                    r.baselines["average_mask"] = {
+                        k2: s.mean for k2, s in base_results["localisation"].summaries.items()
+                    }
+                if check == "shortcut" and "shortcut" in base_results:
+                    r.baselines["uniform"] = {
+                        k2: s.mean for k2, s in base_results["shortcut"].summaries.items()
+                    }
+                per_case_results.append(r)
+        audit.results.extend(per_case_results)
+        if k >= 2 and pair_x:
+            self._model_level(card, twin, audit, explainers, pair_x, pair_t, pair_keys, pair_maps, failed)
+        if "subgroups" in self.checks:
+            sg = self.policy.subgroups
+            audit.results.extend(
+                subgroup_gaps(
+                    [r for r in audit.results if r.check in PER_CASE_CHECKS],
+                    self.groups,
+                    columns=sg.columns,
+                    min_group_size=sg.min_group_size,
+                )
+            )
+
+    def _example(self, audit: ModelAudit, case: ReferenceCase, method: str, map_model: np.ndarray) -> None:
+        for ex in audit.examples:
+            if ex["key"] == case.key:
+                ex["maps"][method] = unletterbox(map_model, case.letterbox)
+                return
+        audit.examples.append(
+            {
+                "key": case.key,
+                "image": case.image,
+                "heatmap": case.heatmap,
+                "finding_mask": case.finding_mask,
+                "marker": case.marker,
+                "maps": {method: unletterbox(map_model, case.letterbox)},
+            }
+        )
+
+    def _partner_maps(
+        self, other: ModelCard, method: str, positions: int, params: dict[str, Any]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Model-resolution and native-grid maps of a partner model on the first ``positions`` cases."""
+        twin = self.registry.load_twin(other.ref)
+        cases = [self.reference.case(i, other.preprocessing) for i in range(positions)]
+        t = torch.tensor(self.targets(twin, cases), dtype=torch.long)
+        x = torch.from_numpy(np.stack([c.x for c in cases]))
+        maps = make_explainer(method, params)(twin, x, t)
+        return list(maps), [unletterbox(m, c.letterbox) for m, c in zip(maps, cases, strict=True)]
+
+    def _model_level(
+        self,
+        card: ModelCard,
+        twin: torch.nn.Module,
+        audit: ModelAudit,
+        explainers: dict[str, Explainer],
+        pair_x: list[np.ndarray],
+        pair_t: list[int],
+        pair_keys: list[str],
+        pair_maps: dict[str, list[np.ndarray]],
+        failed: set[str],
+    ) -> None:
+        p = self.policy
+        names = card.class_names
+        x = torch.from_numpy(np.stack(pair_x))
+        t = torch.tensor(pair_t, dtype=torch.long)
+        k = len(pair_keys)
+        partners = (
+            self.partners(card)
+            if {"repeatability", "reproducibility", "consistency"} & set(self.checks)
+            else {"repeatability": [], "reproducibility": []}
+        )
+        spec = card.preprocessing
+        native_cases = None
+        for m in self.methods:
+            if m in failed:
+                continue
+            pm = np.stack(pair_maps[m])
+            common = {"method": m, "keys": pair_keys, "class_names": names, "bootstrap": self.bootstrap}
+            thr = None
+            if {"cascading_randomisation", "independent_randomisation"} & set(self.checks):
+                thr = degradation_threshold(
+                    pm,
+                    n_pairs=p.randomisation.n_pairs,
+                    seed=p.randomisation.seed,
+                    data_range=p.ssim_data_range,
+                )
+            for check, fn in (
+                ("cascading_randomisation", cascading_randomisation),
+                ("independent_randomisation", independent_randomisation),
+            ):
+                if check in self.checks:
+                    audit.results.append(
+                        fn(
+                            twin,
+                            x,
+                            t,
+                            explainers[m],
+                            seed=p.randomisation.seed,
+                            data_range=p.ssim_data_range,
+                            original=pm,
+                            threshold=thr,
+                            **common,  # type: ignore[arg-type]
+                        )
+                    )
+            params = p.method_params.get(m, {})
+            rep_maps_model: list[np.ndarray] = []
+            rep_refs: list[str] = []
+            for check in ("repeatability", "reproducibility"):
+                others = partners[check]
+                wanted = check in self.checks or (check == "repeatability" and "consistency" in self.checks)
+                if not others or not wanted:
+                    continue
+                if native_cases is None:
+                    native_cases = [self.reference.case(i, spec) for i in range(k)]
+                own_native = [unletterbox(mm, c.letterbox) for mm, c in zip(pm, native_cases, strict=True)]
+                agreements = []
+                for other in others:
+                    model_maps, native = self._partner_maps(other, m, k, params)
+                    if check == "repeatability" and model_maps[0].shape == pm.shape[1:]:
+                        rep_maps_model.append(np.stack(model_maps))
+                        rep_refs.append(other.ref)
+                    if check in self.checks:
+                        agreements.append(
+                            map_agreement(
+                                own_native,
+                                native,
+                                pair_keys,
+                                check=check,
+                                method=m,
+                                other=other.ref,
+                                data_range=p.ssim_data_range,
+                                bootstrap=self.bootstrap,
+                            )
+                        )
+                if agreements:
+                    audit.results.append(_mean_agreement(agreements, self.bootstrap))
+            if "consistency" in self.checks and rep_maps_model:
+                try:
+                    audit.results.append(
+                        replicate_consistency(
+                            pm, rep_maps_model, method=m, others=rep_refs, seed=p.randomisation.seed
+                        )
+                    )
+                except CheckInputError as exc:
+                    audit.errors.append(f"consistency ({m}): {exc}")
+        if "runtime_reproducibility" in self.checks:
+            onnx = onnx_forward(self.registry.load_onnx_path(card.ref))
+            audit.results.append(
+                runtime_reproducibility(
+                    torch_forward(twin), onnx, pair_x, pair_t, pair_keys, bootstrap=self.bootstrap
+                )
+            )
+
+
+def _mean_agreement(results: list[CheckResult], bootstrap: BootstrapSettings) -> CheckResult:
+    """Average several partners' per-case agreement into one result (``details["others"]`` lists them)."""
+    if len(results) == 1:
+        r = results[0]
+        r.details["others"] = [r.details.get("other")]
+        return r
+    first = results[0]
+    out = CheckResult(first.check, first.method, baselines=dict(first.baselines))
+    for metric, per_case in first.values.items():
+        for c in per_case:
+            vals = np.array([r.values[metric].get(c, np.nan) for r in results], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            out.values.setdefault(metric, {})[c] = float(vals.mean()) if vals.size else float("nan")
+    out.details["others"] = [r.details.get("other") for r in results]
+    return out.summarise(bootstrap)
+
+
+def run_audit(config: AuditConfig) -> AuditReport:
+    """Audit every model of ``config`` and return the report (nothing is written besides the history).
+
+    Raises:
+        ReferenceDataError: the reference store is unusable.
+        RegistryError: a model reference does not resolve.
+    """
+    started = time.time()
+    registry = Registry(config.registry)
+    targets = resolve_models(registry, config.models)
+    if not targets:
+        raise AuditError("no model version matches the requested references")
+    first = registry.card(f"{targets[0][0]}:{targets[0][1]}")
+    reference = ReferenceSet(
+        config.reference,
+        split=config.policy.split,
+        limit=config.policy.max_cases,
+        class_names=first.class_names,
+    )
+    state = _Audit(config, registry, reference)
+    try:
+        audits = [state.audit_model(n, v) for n, v in targets]
+    finally:
+        state.close()
+    comparisons: list[Comparison] = []
+    for i in range(len(audits)):
+        for j in range(i + 1, len(audits)):
+            a, b = audits[i], audits[j]
+            comparisons.extend(
+                compare_models(
+                    a.ref,
+                    [r for r in a.results if r.check in PER_CASE_CHECKS],
+                    b.ref,
+                    [r for r in b.results if r.check in PER_CASE_CHECKS],
+                )
+            )
+    return AuditReport(config.to_dict(), config.policy, audits, comparisons, started, time.time())

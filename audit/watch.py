@@ -1,0 +1,97 @@
+"""Continual audit (``mimicry audit watch``): audit every new or changed registry version as it appears,
+re-audit each on a schedule, and keep the Prometheus metrics current (served on ``/metrics``).
+
+A version is (re-)audited when it is new, when its artifacts' sha256 changed, or when ``interval_s`` has
+passed since its last audit; the registry is polled every ``poll_s`` seconds. Probing a live endpoint with
+reference cases (``--endpoint``) belongs to the black-box mode, which is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from audit.prometheus import AuditMetrics
+from audit.report import write_reports
+from audit.runner import AuditConfig, AuditReport, model_sha256, resolve_models, run_audit
+from mimicry.registry import Registry, RegistryError
+
+__all__ = ["parse_interval", "watch"]
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> float:
+    """``"90"`` / ``"90s"`` / ``"10m"`` / ``"1h"`` / ``"1d"`` → seconds (> 0).
+
+    Raises:
+        ValueError: anything else.
+    """
+    t = text.strip().lower()
+    unit = t[-1] if t and t[-1] in _UNITS else "s"
+    number = t[:-1] if t and t[-1] in _UNITS else t
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"invalid interval {text!r}: use e.g. 30s, 10m, 1h") from None
+    if value <= 0:
+        raise ValueError(f"interval must be positive, got {text!r}")
+    return value
+
+
+def watch(
+    config: AuditConfig,
+    metrics: AuditMetrics,
+    *,
+    interval_s: float,
+    poll_s: float = 30.0,
+    out_dir: Path | None = None,
+    max_cycles: int | None = None,
+    stop: threading.Event | None = None,
+    on_report: Callable[[AuditReport], None] | None = None,
+) -> int:
+    """Run the watch loop until ``stop`` is set or ``max_cycles`` polls are done; returns the audits run.
+
+    ``config.models`` is ignored: every version of every model in the registry is watched.
+    """
+    stop = stop or threading.Event()
+    seen: dict[tuple[str, int], tuple[str, float]] = {}
+    audits = 0
+    cycles = 0
+    while not stop.is_set():
+        try:
+            registry = Registry(config.registry)
+            versions = resolve_models(registry, ["all"])
+        except RegistryError as exc:
+            log.error("registry unreadable: %s", type(exc).__name__)
+            versions = []
+        now = time.time()
+        for name, version in versions:
+            if stop.is_set():
+                break
+            try:
+                sha = model_sha256(registry.card(f"{name}:{version}"))
+            except RegistryError:
+                continue
+            last = seen.get((name, version))
+            if last is not None and last[0] == sha and now - last[1] < interval_s:
+                continue
+            report = run_audit(dataclasses.replace(config, models=[f"{name}:{version}"]))
+            metrics.observe(report)
+            seen[(name, version)] = (sha, time.time())
+            audits += 1
+            if out_dir is not None:
+                write_reports(report, Path(out_dir) / f"{name}-{version}")
+            if on_report is not None:
+                on_report(report)
+        cycles += 1
+        if max_cycles is not None and cycles >= max_cycles:
+            break
+        stop.wait(poll_s)
+    return audits

@@ -1,0 +1,243 @@
+"""Audit checks on synthetic cases with known answers (audit.checks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audit.checks import (
+    CheckResult,
+    cascading_randomisation,
+    compare_models,
+    degradation_threshold,
+    gaze_alignment,
+    independent_randomisation,
+    localisation_utility,
+    map_agreement,
+    randomisation_stages,
+    replicate_consistency,
+    runtime_reproducibility,
+    shortcut_mass,
+    subgroup_gaps,
+    torch_forward,
+)
+from audit.errors import CheckInputError
+from audit.metrics import ssim
+from audit.reference import ReferenceCase, case_key
+from mimicry.models import LeftRightToyNet, ToyCamNet
+from mimicry.preprocess import PreprocessSpec, preprocess
+from mimicry.saliency import explain
+
+H = W = 32
+
+
+def _case(i: int, *, finding: bool = True, groups: dict | None = None) -> ReferenceCase:
+    yy, xx = np.mgrid[0:H, 0:W]
+    heat = np.exp(-((xx - 8.0) ** 2 + (yy - 16.0) ** 2) / 20.0).astype(np.float32)
+    heat /= heat.sum()
+    fix = np.zeros((H, W), bool)
+    fix[16, 8] = fix[15, 9] = True
+    mask = np.zeros((H, W), bool)
+    if finding:
+        mask[12:20, 4:12] = True
+    anatomy = np.zeros((H, W), bool)
+    anatomy[4:28, 2:30] = True
+    marker = np.zeros((H, W), bool)
+    marker[0:5, 27:32] = True
+    image = np.random.default_rng(i).random((H, W)).astype(np.float32)
+    x, box = preprocess(image, PreprocessSpec(size=H))
+    return ReferenceCase(
+        key=case_key(f"case-{i}"),
+        index=i,
+        label_index=0,
+        groups=groups or {"gender": "F", "age_bucket": "60-70", "site": "site_a"},
+        image=image,
+        x=x,
+        letterbox=box,
+        heatmap=heat,
+        fixation_map=fix,
+        finding_mask=mask,
+        anatomy=anatomy,
+        marker=marker,
+    )
+
+
+def test_gaze_alignment_of_the_heatmap_itself_is_perfect() -> None:
+    cases = [_case(i) for i in range(3)]
+    r = gaze_alignment([c.heatmap / c.heatmap.max() for c in cases], cases, method="oracle")
+    assert r.check == "gaze"
+    assert r.method == "oracle"
+    assert r.summaries["cc"].mean == pytest.approx(1.0, abs=1e-6)
+    assert r.summaries["kld"].mean == pytest.approx(0.0, abs=1e-6)
+    assert r.summaries["sim"].mean == pytest.approx(1.0, abs=1e-6)
+    assert r.summaries["nss"].mean > 2.0
+    assert r.summaries["cc"].n == 3
+    assert set(r.values["cc"]) == {c.key for c in cases}
+
+
+def test_gaze_of_an_anti_correlated_map_is_negative() -> None:
+    cases = [_case(0), _case(1)]
+    r = gaze_alignment([1.0 - c.heatmap / c.heatmap.max() for c in cases], cases, method="anti")
+    assert r.summaries["cc"].mean == pytest.approx(-1.0, abs=1e-6)
+    assert r.summaries["nss"].mean < 0
+
+
+def test_localisation_mask_scores_one_and_beats_the_average_mask_baseline() -> None:
+    cases = [_case(0), _case(1), _case(2, finding=False)]
+    avg = np.full((256, 256), 0.5, np.float32)  # uninformative average mask
+    maps = [c.finding_mask.astype(np.float32) for c in cases]
+    r = localisation_utility(maps, cases, method="oracle", average_mask=avg)
+    assert r.summaries["auprc"].mean == pytest.approx(1.0)
+    assert r.summaries["pointing_game"].mean == 1.0
+    assert r.summaries["auprc"].n == 2
+    assert r.summaries["auprc"].n_dropped == 1
+    # A constant map has one threshold: the PR curve is (recall 0, precision 1) → (1, 64/1024), whose
+    # trapezoid (Arun et al.'s AUPRC, not average precision) is (1 + 64/1024) / 2.
+    assert r.baselines["average_mask"]["auprc"] == pytest.approx((1 + 64 / 1024) / 2)
+
+
+def test_shortcut_mass_on_the_marker_and_the_uniform_baseline() -> None:
+    cases = [_case(0), _case(1)]
+    maps = [c.marker.astype(np.float32) for c in cases]
+    r = shortcut_mass(maps, cases, method="marker")
+    assert r.summaries["marker_mass"].mean == pytest.approx(1.0)
+    assert r.summaries["outside_anatomy"].mean == pytest.approx(22 / 25)  # 3 marker pixels overlap anatomy
+    assert r.baselines["uniform"]["marker_mass"] == pytest.approx(25 / 1024)
+    assert r.baselines["uniform"]["outside_anatomy"] == pytest.approx(1 - 24 * 28 / 1024)
+
+
+def test_checks_refuse_mismatched_inputs() -> None:
+    c = _case(0)
+    with pytest.raises(CheckInputError):
+        gaze_alignment([np.zeros((8, 8), np.float32)], [c], method="m")
+    with pytest.raises(CheckInputError):
+        shortcut_mass([], [c], method="m")
+
+
+def test_randomisation_stages_are_top_down() -> None:
+    assert randomisation_stages(ToyCamNet()) == ["classifier", "block3", "block2", "block1"]
+    assert randomisation_stages(LeftRightToyNet()) == ["classifier", "block2", "block1"]
+
+
+def _gradcam(model, x, t):
+    return explain(model, x, t, "gradcam")
+
+
+def _image_itself(model, x, t):
+    v = x[:, 0].numpy()
+    lo = v.reshape(len(v), -1).min(1)[:, None, None]
+    hi = v.reshape(len(v), -1).max(1)[:, None, None]
+    return ((v - lo) / (hi - lo)).astype(np.float32)
+
+
+def _inputs(n: int = 6) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    x = torch.randn(n, 1, H, W, generator=torch.Generator().manual_seed(3))
+    return x, torch.zeros(n, dtype=torch.long), [f"k{i}" for i in range(n)]
+
+
+def test_cascading_randomisation_fails_a_weight_independent_method() -> None:
+    torch.manual_seed(0)
+    model = ToyCamNet().eval()
+    x, t, keys = _inputs()
+    thr = degradation_threshold(_image_itself(model, x, t), n_pairs=50, seed=0)
+    r = cascading_randomisation(model, x, t, _image_itself, method="image", keys=keys, threshold=thr)
+    assert r.summaries["ssim_full"].mean == pytest.approx(1.0)
+    assert thr[0] < 0.5
+    assert r.details["stages"] == ["classifier", "block3", "block2", "block1"]
+    assert r.details["curve"]["ssim"] == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    assert r.baselines["degradation_threshold"]["ssim_full"] == thr[0]
+
+
+def test_cascading_randomisation_changes_gradcam_and_leaves_the_model_alone() -> None:
+    torch.manual_seed(0)
+    model = ToyCamNet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, t, keys = _inputs()
+    r = cascading_randomisation(model, x, t, _gradcam, method="gradcam", keys=keys)
+    assert r.summaries["ssim_full"].mean < 0.9
+    assert set(r.values) >= {"ssim@classifier", "spearman@block1", "ssim_full", "spearman_full"}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    ind = independent_randomisation(model, x, t, _gradcam, method="gradcam", keys=keys)
+    # Randomising the head alone is the first cascading stage too.
+    assert ind.values["ssim@classifier"] == r.values["ssim@classifier"]
+    assert ind.values["ssim_max"]["k0"] == max(ind.values[f"ssim@{s}"]["k0"] for s in ind.details["stages"])
+
+
+def test_degradation_threshold_pairs_different_images_only() -> None:
+    a = np.zeros((H, W), np.float32)
+    a[:, :16] = 1
+    b = np.zeros((H, W), np.float32)
+    b[:16] = 1
+    s, _ = degradation_threshold(np.stack([a, b]), n_pairs=50, seed=1)
+    assert s == pytest.approx(float(ssim(a, b, data_range=1.0)))
+    with pytest.raises(CheckInputError):
+        degradation_threshold(a[None])
+
+
+def test_runtime_reproducibility_twin_vs_itself_and_vs_a_drifted_runtime() -> None:
+    model = LeftRightToyNet().eval()
+    xs = [np.random.default_rng(i).random((1, H, W)).astype(np.float32) for i in range(3)]
+    ref = torch_forward(model)
+    r = runtime_reproducibility(ref, ref, xs, [0, 1, 0], ["a", "b", "c"])
+    assert r.summaries["probs_max_abs_diff"].max == 0.0
+    assert r.summaries["cam_max_abs_diff"].max == 0.0
+
+    def drifted(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, c = ref(x)
+        return p + 0.25, c
+
+    r2 = runtime_reproducibility(ref, drifted, xs, [0, 1, 0], ["a", "b", "c"])
+    assert r2.summaries["probs_max_abs_diff"].max == pytest.approx(0.25)
+
+
+def test_map_agreement_identical_maps_and_low_baseline() -> None:
+    maps = [np.random.default_rng(i).random((H, W)).astype(np.float32) for i in range(3)]
+    r = map_agreement(maps, maps, ["a", "b", "c"], check="repeatability", method="gradcam", other="m:2")
+    assert r.summaries["ssim"].mean == pytest.approx(1.0)
+    assert r.baselines["low"] == {"ssim": 0.5}
+
+
+def test_consistency_separable_maps_score_zero() -> None:
+    a = np.zeros((20, H, W), np.float32)
+    b = np.zeros((20, H, W), np.float32)
+    a[:, :, :16] = 1
+    b[:, :, 16:] = 1
+    rng = np.random.default_rng(0)
+    a += rng.random(a.shape).astype(np.float32) * 0.1
+    b += rng.random(b.shape).astype(np.float32) * 0.1
+    r = replicate_consistency(a, [b], method="gradcam", others=["m:2"])
+    assert r.summaries["accuracy"].mean == 1.0
+    assert r.summaries["consistency"].mean == 0.0
+    with pytest.raises(CheckInputError):
+        replicate_consistency(a, [], method="gradcam")
+
+
+def test_subgroup_gaps_are_differences_of_group_means() -> None:
+    r = CheckResult("gaze", "gradcam")
+    for key, v in {"a": 1.0, "b": 3.0, "c": 5.0, "d": 7.0, "e": float("nan")}.items():
+        r.add_case(key, {"cc": v})
+    groups = {
+        "a": {"site": "x", "gender": "F"},
+        "b": {"site": "x", "gender": "M"},
+        "c": {"site": "y", "gender": "F"},
+        "d": {"site": "y", "gender": "M"},
+        "e": {"site": "z", "gender": "M"},
+    }
+    (sg,) = subgroup_gaps([r], groups, columns=("site", "gender"))
+    assert sg.summaries["gaze.cc.gap[site]"].mean == 4.0  # means x=2, y=6; z has no finite score
+    assert sg.summaries["gaze.cc.gap[gender]"].mean == 2.0  # F=3, M=5
+    assert sg.details["gaze.cc.gap[site]"]["means"] == {"x": 2.0, "y": 6.0}
+
+
+def test_compare_models_pairs_cases_by_key() -> None:
+    a = CheckResult("gaze", "gradcam")
+    b = CheckResult("gaze", "gradcam")
+    for i, k in enumerate(["p", "q", "r", "s"]):
+        a.add_case(k, {"nss": float(i) + 1.0})
+        b.add_case(k, {"nss": float(i) + (0.5 if i % 2 else 0.0)})
+    (c,) = compare_models("m:1", [a], "m:2", [b])
+    assert (c.check, c.method, c.metric, c.n) == ("gaze", "gradcam", "nss", 4)
+    assert c.mean_difference == pytest.approx(0.75)
+    assert 0 < c.t_pvalue < 1
