@@ -15,6 +15,8 @@ from audit.gate import make_gate_factory
 from mimicry import __version__
 from mimicry.commands.data import app as data_app
 from mimicry.commands.registry import make_app as make_registry_app
+from mimicry.commands.serve import serve_command
+from mimicry.commands.train import train_command
 
 app = typer.Typer(
     name="mimicry",
@@ -27,6 +29,8 @@ app.add_typer(data_app, name="data")
 # `registry promote` refuses a version whose latest audit failed (unless --force): the audit's gate.
 app.add_typer(make_registry_app(gate_factory=make_gate_factory()), name="registry")
 app.add_typer(audit_app, name="audit")
+app.command("serve")(serve_command)
+app.command("train")(train_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,17 @@
+"""Inference backends behind one protocol (:class:`~serving.backends.protocol.InferenceBackend`)."""
+
+from serving.backends.protocol import (
+    BackendError,
+    BackendOutput,
+    BackendUnavailableError,
+    InferenceBackend,
+    ModelMismatchError,
+)
+
+__all__ = [
+    "BackendError",
+    "BackendOutput",
+    "BackendUnavailableError",
+    "InferenceBackend",
+    "ModelMismatchError",
+]

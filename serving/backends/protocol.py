@@ -1,0 +1,87 @@
+"""The one protocol every inference backend implements (DESIGN.md, "Shape": onnxruntime | triton).
+
+A backend runs the registry's ONNX graph — ``image[N, 1, H, W] float32`` in, ``logits[N, K]``,
+``probs[N, K]`` and ``cam[N, K, h, w]`` out (the in-graph Grad-CAM) — for one model version, and says which
+execution provider actually ran it (reported by ``/readyz`` details and ``mimicry_model_info``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "BackendError",
+    "BackendOutput",
+    "BackendUnavailableError",
+    "InferenceBackend",
+    "ModelMismatchError",
+]
+
+
+class BackendError(Exception):
+    """Base class of backend failures (never caused by the request content)."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be reached or is not ready (answered 503 with ``Retry-After``)."""
+
+
+class ModelMismatchError(BackendError):
+    """The backend's model metadata disagrees with the model card (refused at start-up)."""
+
+
+@dataclass(frozen=True)
+class BackendOutput:
+    """Outputs of one batch: ``logits[N, K]``, ``probs[N, K]``, ``cam[N, K, h, w]`` (float32)."""
+
+    logits: np.ndarray
+    probs: np.ndarray
+    cam: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.probs.shape[0])
+
+    def row(self, i: int) -> BackendOutput:
+        """Sample ``i`` as a batch of one."""
+        return BackendOutput(self.logits[i : i + 1], self.probs[i : i + 1], self.cam[i : i + 1])
+
+    @staticmethod
+    def concat(parts: list[BackendOutput]) -> BackendOutput:
+        return BackendOutput(
+            np.concatenate([p.logits for p in parts]),
+            np.concatenate([p.probs for p in parts]),
+            np.concatenate([p.cam for p in parts]),
+        )
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """What :mod:`serving.pipeline` needs from a backend."""
+
+    #: ``"onnxruntime"`` or ``"triton"``.
+    name: str
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the graph (``CPUExecutionProvider``, ``CUDAExecutionProvider``,
+        ``triton:<platform>``)."""
+        ...
+
+    def infer(self, x: np.ndarray) -> BackendOutput:
+        """Run the graph on ``x`` (``float32[N, 1, H, W]``, any ``N >= 1``).
+
+        Raises:
+            BackendUnavailableError: the backend cannot be reached.
+        """
+        ...
+
+    def is_ready(self) -> bool:
+        """Cheap readiness check (``/readyz``)."""
+        ...
+
+    def close(self) -> None:
+        """Release sessions / connections."""
+        ...

@@ -1,0 +1,204 @@
+"""Process-wide state of a running service: settings, served models, adaptive batchers, readiness.
+
+One :class:`Runtime` per worker process, created by :class:`serving.service.MimicryService` at start-up and
+registered with :func:`set_active_runtime` so that the HTTP routes and middleware find it.
+
+**Adaptive batching.** Each model's ``/v1/predict`` traffic goes through BentoML's own adaptive batcher
+(``CorkDispatcher``, the algorithm behind ``@bentoml.api(batchable=True)``): concurrent requests are
+concatenated along the batch axis up to ``max_batch_size``, waiting at most what the dispatcher's latency
+model allows within ``max_latency_ms``; requests that would exceed the budget are dropped with a 503
+``overloaded`` problem. Using the dispatcher directly (rather than an HTTP round trip to a batchable API)
+keeps the preprocessed tensor in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import numpy as np
+
+from mimicry.registry import ModelRef, Registry
+from serving import problems
+from serving.backends.protocol import BackendOutput
+from serving.metrics import ServingMetrics, get_metrics
+from serving.pipeline import ServedModel, load_served_model, resolve_model_refs, warm_up
+from serving.settings import ServeSettings
+
+__all__ = ["OverloadedError", "Runtime", "active_runtime", "set_active_runtime"]
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE: Runtime | None = None
+
+
+def set_active_runtime(runtime: Runtime | None) -> None:
+    """Register the runtime of this process (``None`` to clear)."""
+    global _ACTIVE
+    _ACTIVE = runtime
+
+
+def active_runtime() -> Runtime | None:
+    """The runtime of this process, if a service instance exists."""
+    return _ACTIVE
+
+
+class OverloadedError(Exception):
+    """The adaptive batcher dropped a request that would exceed ``max_latency_ms``."""
+
+
+def _overloaded() -> Any:
+    raise OverloadedError
+
+
+class Runtime:
+    """Served models + batchers + readiness of one worker process.
+
+    Args:
+        settings: The service settings.
+        load: Load (and warm up) the models now; ``False`` leaves that to :meth:`load`.
+    """
+
+    def __init__(self, settings: ServeSettings, *, load: bool = True) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self.models: dict[str, ServedModel] = {}
+        self.aliases: dict[str, str] = {}
+        self.default: str | None = None
+        self.metrics: ServingMetrics = get_metrics()
+        self._dispatchers: dict[str, Any] = {}
+        self._loaded = False
+        self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._lock = threading.Lock()
+        self.twin_limiter = anyio.CapacityLimiter(1)
+        if load:
+            self.load()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        """Open every configured model's backend, warm it up, and publish ``mimicry_model_info``."""
+        refs = resolve_model_refs(self.registry, self.settings.models)
+        if not refs:
+            raise RuntimeError("no model to serve: the registry is empty and no model is configured")
+        for ref in refs:
+            model = load_served_model(self.registry, ref, self.settings)
+            if self.settings.warmup:
+                warm_up(model)
+            self.models[model.name] = model
+            self.aliases[ref] = model.name
+            self.aliases[model.card.ref] = model.name
+            self.metrics.model_info.labels(
+                model=model.name,
+                version=str(model.card.version),
+                sha256=model.sha256,
+                backend=model.backend.name,
+                provider=model.backend.provider,
+            ).set(1)
+            logger.info("serving %s (%s on %s)", model.card.ref, model.backend.name, model.backend.provider)
+        self.default = self.aliases[refs[0]]
+        self._loaded = True
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.backend.close()
+        for dispatcher, _ in self._dispatchers.values():
+            dispatcher.shutdown()
+
+    def is_ready(self) -> bool:
+        """Loaded, warmed up, and every backend reachable (cached for one second)."""
+        if not self._loaded:
+            return False
+        now = time.monotonic()
+        at, value = self._ready_cache
+        if now - at < 1.0:
+            return value
+        value = all(m.backend.is_ready() for m in self.models.values())
+        self._ready_cache = (now, value)
+        return value
+
+    def readiness(self) -> dict[str, Any]:
+        """``/readyz`` details: readiness and, per model, version, backend and the provider actually used."""
+        return {
+            "ready": self.is_ready(),
+            "models": [
+                {
+                    "name": m.name,
+                    "version": m.card.version,
+                    "backend": m.backend.name,
+                    "provider": m.backend.provider,
+                    "ready": m.backend.is_ready(),
+                }
+                for m in self.models.values()
+            ],
+        }
+
+    # ------------------------------------------------------------------ lookup
+
+    def model(self, ref: str | None) -> ServedModel:
+        """The served model for ``ref`` (``None``/empty = default; a name, ``name:version`` or the configured
+        reference). Raises a 404 :class:`~serving.problems.Problem` otherwise."""
+        if not ref:
+            assert self.default is not None
+            return self.models[self.default]
+        if ref in self.models:
+            return self.models[ref]
+        if ref in self.aliases:
+            return self.models[self.aliases[ref]]
+        try:
+            parsed = ModelRef.parse(ref)
+        except Exception:
+            raise problems.model_not_found("The model reference is not valid.") from None
+        model = self.models.get(parsed.name)
+        if model is not None and (parsed.version is None or parsed.version == model.card.version):
+            return model
+        raise problems.model_not_found(f"Model {str(parsed)!r} is not served; see GET /v1/models.")
+
+    # ------------------------------------------------------------------ inference
+
+    def infer_now(self, model: ServedModel, x: np.ndarray) -> BackendOutput:
+        """Run one batch on the backend synchronously (metrics recorded)."""
+        t0 = time.perf_counter()
+        out = model.backend.infer(x)
+        self.metrics.inference_seconds.labels(model=model.name, backend=model.backend.name).observe(
+            time.perf_counter() - t0
+        )
+        self.metrics.batch_size.labels(model=model.name, backend=model.backend.name).observe(x.shape[0])
+        return out
+
+    def _dispatcher(self, model: ServedModel) -> Any:
+        entry = self._dispatchers.get(model.name)
+        if entry is None:
+            from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+            d = CorkDispatcher(
+                max_latency_in_ms=self.settings.max_latency_ms,
+                max_batch_size=self.settings.max_batch_size,
+                fallback=_overloaded,
+                get_batch_size=lambda x: int(x.shape[0]),
+                batch_dim=(0, 0),
+            )
+
+            async def run_batch(inputs: Sequence[np.ndarray]) -> list[BackendOutput]:
+                batch = np.concatenate(list(inputs), axis=0)
+                out = await anyio.to_thread.run_sync(self.infer_now, model, batch)
+                return [out.row(i) for i in range(len(inputs))]
+
+            entry = self._dispatchers[model.name] = (d, d(run_batch))
+        return entry[1]
+
+    async def infer(self, model: ServedModel, x: np.ndarray) -> BackendOutput:
+        """One sample ``x[1, 1, S, S]`` through the adaptive batcher.
+
+        Raises:
+            OverloadedError: dropped by the batcher.
+            BackendUnavailableError: the backend is unreachable.
+        """
+        out = await self._dispatcher(model)(x)
+        if out is None:  # pragma: no cover - the fallback raises
+            raise OverloadedError
+        return out
