@@ -1,1 +1,19 @@
-"""training."""
+"""Training for mimicry: the explanation ensemble (Watson et al., WACV 2023) and its baselines.
+
+One typed config per run (:mod:`training.config`), one engine (:mod:`training.loop`), one small class per
+method (:mod:`training.recipes`: ``baseline``, ``ensemble``, ``explanation_ensemble``, ``unet_egd``; the
+mask-guided recipes of seed 002 plug in the same way), cached tensors from the EGD / phantom datasets
+(:mod:`training.data`), pickle-free checkpoints (:mod:`training.checkpoint`) and publication into the model
+registry (:mod:`training.publish`). ``mimicry train`` (:mod:`mimicry.commands.train`) drives it::
+
+    from training import load_config, train, publish_run
+
+    result = train(load_config("configs/baseline-tiny.yaml"), "runs/baseline-tiny")
+    publish_run(result.run_dir, "registry", "cxr-baseline")
+"""
+
+from training.config import ConfigError, TrainConfig, load_config, parse_config
+from training.loop import TrainResult, train
+from training.publish import publish_run
+
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "load_config", "parse_config", "publish_run", "train"]
