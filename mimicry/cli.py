@@ -14,6 +14,7 @@ from audit.cli import app as audit_app
 from audit.gate import make_gate_factory
 from mimicry import __version__
 from mimicry.commands.data import app as data_app
+from mimicry.commands.export import export_command
 from mimicry.commands.registry import make_app as make_registry_app
 from mimicry.commands.serve import serve_command
 from mimicry.commands.train import train_command
@@ -31,6 +32,7 @@ app.add_typer(make_registry_app(gate_factory=make_gate_factory()), name="registr
 app.add_typer(audit_app, name="audit")
 app.command("serve")(serve_command)
 app.command("train")(train_command)
+app.command("export")(export_command)
 
 
 def _version(value: bool) -> None:
@@ -55,4 +57,7 @@ def main(
 def quiet_third_party_phi() -> None:
     """pydicom's warnings and log records quote malformed attribute values (names, UIDs): keep them out."""
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # The ONNX exporter's optimiser passes log every rewrite at INFO: noise, not news.
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?")

@@ -3,7 +3,8 @@
 Routes (docs/serving.md has the full reference):
 
 * ``POST /v1/predict`` — one DICOM → prediction JSON;
-* ``POST /v1/explain`` — one DICOM + ``method``/``target``/``format`` → saliency (json, png, overlay);
+* ``POST /v1/explain`` — one DICOM + ``method``/``target``/``format`` → saliency (json, png, overlay, or
+  dicom: a de-identified Secondary Capture of the overlay, :mod:`serving.secondary_capture`);
 * ``GET /v1/models`` — the served models' cards;
 * ``POST /dicomweb/studies`` — STOW-RS (see :mod:`serving.dicomweb`).
 
@@ -36,6 +37,7 @@ from serving import dicomweb, pipeline, problems, render
 from serving.auth import BodyTooLargeError
 from serving.backends.protocol import BackendError, BackendUnavailableError
 from serving.runtime import OverloadedError, Runtime, active_runtime
+from serving.secondary_capture import secondary_capture
 
 __all__ = ["DICOM_MEDIA_TYPES", "create_app"]
 
@@ -49,8 +51,10 @@ SPACES = ("source", "model")
 
 def _runtime() -> Runtime:
     rt = active_runtime()
-    if rt is None or not rt.is_ready():
+    if rt is None or not rt.loaded:
         raise problems.not_ready(5 if rt is None else rt.settings.retry_after_s)
+    if not rt.is_ready():  # loaded, but a backend (Triton) does not answer
+        raise problems.backend_unavailable(rt.settings.retry_after_s)
     return rt
 
 
@@ -208,10 +212,6 @@ async def explain(request: Request) -> Response:
         method_params = pipeline.parse_params(params.get("params"))
     except ValueError as exc:
         raise problems.invalid_parameter(str(exc)) from None
-    if fmt == "dicom":
-        raise problems.unsupported_format(
-            "format=dicom (Secondary Capture) is not available in this version."
-        )
     timings: dict[str, float] = {}
     record, prepared, out = await predict_one(rt, model, data, timings)
     target = pipeline.resolve_target(model.card, params.get("target"), record["predicted_index"])
@@ -227,7 +227,7 @@ async def explain(request: Request) -> Response:
     saliency_s = time.perf_counter() - t1
     rt.metrics.saliency_seconds.labels(model=model.name, method=method).observe(saliency_s)
     timings["saliency_ms"] = 1000 * saliency_s
-    if space == "source" or fmt == "overlay":
+    if space == "source" or fmt in ("overlay", "dicom"):
         smap = await anyio.to_thread.run_sync(pipeline.to_source_grid, smap, prepared.box)
     indicators = {"border_mass": border_mass(smap), "entropy": map_entropy(smap)}
     rt.metrics.border_mass.labels(model=model.name, method=method).observe(indicators["border_mass"])
@@ -243,6 +243,14 @@ async def explain(request: Request) -> Response:
     if fmt == "overlay":
         png = render.overlay_png(prepared.image.pixels, smap)
         return Response(png, media_type="image/png", headers=headers)
+    if fmt == "dicom":
+        description = f"{method} saliency of class {target_name} by {model.card.ref} (mimicry; research use)"
+        salt = rt.settings.ingest.uid_salt.get_secret_value()
+        rgb = render.overlay_rgb(prepared.image.pixels, smap)
+        sc = await anyio.to_thread.run_sync(
+            lambda: secondary_capture(data, rgb, salt=salt, description=description)
+        )
+        return Response(sc, media_type="application/dicom", headers=headers)
     if encoding == "png16":
         payload = {
             "encoding": "png16",

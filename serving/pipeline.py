@@ -272,7 +272,7 @@ def explain_map(
     if method == "gradcam":
         if params:
             raise SaliencyError("gradcam from the ONNX cam output takes no parameters")
-        cam = torch.from_numpy(np.ascontiguousarray(out.cam[:1, target]))
+        cam = torch.from_numpy(np.array(out.cam[:1, target], dtype=np.float32))  # owned, writable copy
         raw = upsample(cam, (size, size))[:, None]
         return get_method("gradcam").postprocess(raw)[0]
     if method == "occlusion":

@@ -14,6 +14,7 @@ keeps the preprocessed tensor in memory.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ import numpy as np
 
 from mimicry.registry import ModelRef, Registry
 from serving import problems
-from serving.backends.protocol import BackendOutput
+from serving.backends.protocol import BackendOutput, BackendUnavailableError
 from serving.metrics import ServingMetrics, get_metrics
 from serving.pipeline import ServedModel, load_served_model, resolve_model_refs, warm_up
 from serving.settings import ServeSettings
@@ -88,7 +89,11 @@ class Runtime:
         for ref in refs:
             model = load_served_model(self.registry, ref, self.settings)
             if self.settings.warmup:
-                warm_up(model)
+                try:
+                    warm_up(model)
+                except BackendUnavailableError:
+                    # a remote backend (Triton) that is down: serve anyway, /readyz stays 503 until it answers
+                    logger.warning("%s: backend unreachable at start-up; not ready", model.card.ref)
             self.models[model.name] = model
             self.aliases[ref] = model.name
             self.aliases[model.card.ref] = model.name
@@ -109,6 +114,11 @@ class Runtime:
         for dispatcher, _ in self._dispatchers.values():
             dispatcher.shutdown()
 
+    @property
+    def loaded(self) -> bool:
+        """Every configured model is loaded (its backend may still be unreachable)."""
+        return self._loaded
+
     def is_ready(self) -> bool:
         """Loaded, warmed up, and every backend reachable (cached for one second)."""
         if not self._loaded:
@@ -122,9 +132,11 @@ class Runtime:
         return value
 
     def readiness(self) -> dict[str, Any]:
-        """``/readyz`` details: readiness and, per model, version, backend and the provider actually used."""
+        """``/readyz`` details: readiness, the answering worker's PID (several workers share one port) and,
+        per model, version, backend and the provider actually used."""
         return {
             "ready": self.is_ready(),
+            "pid": os.getpid(),
             "models": [
                 {
                     "name": m.name,

@@ -10,41 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import typer
 
+from serving.launch import build_serve_invocation
+
 __all__ = ["build_serve_invocation", "serve_command"]
-
-SERVICE = "serving.service:MimicryService"
-
-
-def build_serve_invocation(
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    registry: Path,
-    models: list[str],
-    backend: str,
-    device: str,
-    config: Path | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """The ``bentoml serve`` argv and the environment additions (pure; tested without starting a server)."""
-    argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-    env = {
-        # BentoML 1.4 takes the worker count from the service config, not a CLI flag
-        "BENTOML_CONFIG_OPTIONS": f"services.mimicry.workers={workers}",
-        "MIMICRY_SERVE_REGISTRY": str(registry),
-        "MIMICRY_SERVE_BACKEND": backend,
-        "MIMICRY_SERVE_DEVICE": device,
-    }
-    if models:
-        env["MIMICRY_SERVE_MODELS"] = ",".join(models)
-    if config is not None:
-        env["MIMICRY_SERVE_CONFIG"] = str(config)
-    return argv, env
 
 
 def serve_command(
