@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
 
 from mimicry.data import EgdDataset, patient_split
 from mimicry.preprocess import PreprocessSpec, letterbox, preprocess
@@ -173,6 +180,8 @@ def make_loader(
     seed: int | None = None,
     drop_last: bool = False,
     num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[Batch]:
     """A ``DataLoader`` yielding :class:`Batch` objects.
 
@@ -180,11 +189,26 @@ def make_loader(
     workers' base seed comes from a *separate* generator (``derive_seed(seed, "workers")``; with
     ``worker_init_fn`` = :func:`training.seeding.seed_worker`), so the order is a function of the seed alone
     and does not depend on ``num_workers``.
+
+    With ``world_size > 1`` (data-parallel training, :mod:`training.distributed`) a
+    ``DistributedSampler`` seeded with ``seed`` gives every rank the same shuffled order, of which rank
+    ``rank`` takes every ``world_size``-th case (padded by repetition to equal length on every rank).
     """
-    if shuffle:
+    if world_size > 1:
+        sampler: Any = DistributedSampler(
+            range(len(split)),
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=0 if seed is None else seed,
+            drop_last=False,
+        )
+        if shuffle and seed is None:
+            raise ValueError("a shuffled loader needs a seed")
+    elif shuffle:
         if seed is None:
             raise ValueError("a shuffled loader needs a seed")
-        sampler: Any = RandomSampler(range(len(split)), generator=make_generator(seed))
+        sampler = RandomSampler(range(len(split)), generator=make_generator(seed))
     else:
         sampler = SequentialSampler(range(len(split)))
     worker_generator = make_generator(derive_seed(seed or 0, "workers")) if num_workers else None

@@ -19,6 +19,10 @@ then calls ``recipe.after_step``. Validation reports ``val_loss`` (mean NLL), ``
 the end when ``early_stopping.enabled`` and ``restore_best``. Test metrics (``test_*``) are computed once,
 on the final weights.
 
+Data parallelism: launched by ``torchrun`` with ``WORLD_SIZE > 1``, the engine joins the process group, shards
+each epoch's order over the ranks, averages gradients before every optimiser step, and only rank 0 writes the
+run directory (:mod:`training.distributed`). A single-process run is unchanged.
+
 Determinism: :func:`training.seeding.determinism` (``torch.use_deterministic_algorithms``) for the whole
 run; the data order depends only on (seed, stream, epoch) and the global RNG states are checkpointed, so on
 CPU two runs with one seed — and a run resumed from any epoch's checkpoint — give bit-identical weights.
@@ -44,6 +48,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from training import distributed
 from training.checkpoint import (
     CheckpointError,
     has_checkpoint,
@@ -83,8 +88,10 @@ __all__ = [
     "compute_class_weights",
     "evaluate",
     "read_metrics",
+    "reference_statistics",
     "replicate_group",
     "train",
+    "uncertainty_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -253,6 +260,77 @@ def evaluate(recipe: Recipe, split: SplitTensors, prefix: str) -> dict[str, floa
     return metrics
 
 
+ABSTAIN_QUANTILE = 0.95
+"""Quantile of the validation predictive entropy used as the card's abstention threshold."""
+
+
+@torch.no_grad()
+def reference_statistics(recipe: Recipe, train_split: SplitTensors) -> dict[str, Any]:
+    """``reference_stats`` of the model card (serving's out-of-distribution check).
+
+    * ``image_mean`` / ``image_std``: mean and (population) std, across the training images, of each image's
+      mean *display* intensity in ``[0, 1]`` after letterboxing (the model input un-normalised:
+      ``x · std + mean`` of the run's preprocessing).
+    * ``feature_mean`` / ``feature_std`` (``feature_layer: "gap"``): per-channel mean and std of the globally
+      average-pooled :meth:`features` of the training images — single-classifier runs only.
+    """
+    spec = recipe.config.preprocessing
+    per_image = train_split.image.double().mean(dim=(1, 2, 3)) * spec.std + spec.mean
+    stats: dict[str, Any] = {
+        "n_samples": len(train_split),
+        "image_mean": float(per_image.mean()),
+        "image_std": float(per_image.std(unbiased=False)),
+    }
+    classifiers = recipe.classifiers()
+    if len(classifiers) == 1:
+        model, size = classifiers[0], recipe.config.schedule.eval_batch_size
+        was_training = model.training
+        model.eval()
+        try:
+            feats = torch.cat(
+                [
+                    model.features(train_split.image[s : s + size].to(recipe.context.device))
+                    .mean(dim=(2, 3))
+                    .double()
+                    .cpu()
+                    for s in range(0, len(train_split), size)
+                ]
+            )
+        finally:
+            model.train(was_training)
+        stats.update(
+            feature_layer="gap",
+            feature_mean=feats.mean(dim=0).tolist(),
+            feature_std=feats.std(dim=0, unbiased=False).tolist(),
+        )
+    return stats
+
+
+@torch.no_grad()
+def uncertainty_spec(recipe: Recipe, val_split: SplitTensors, quantile: float = ABSTAIN_QUANTILE) -> dict:
+    """``uncertainty`` of the model card: abstain above the ``quantile`` (0.95) of the validation predictive
+    entropy ``H(p) = −Σ_c p_c ln p_c`` (nats) of :meth:`Recipe.predict_proba`."""
+    size = recipe.config.schedule.eval_batch_size
+    was_training = recipe.modules.training
+    recipe.modules.eval()
+    try:
+        p = torch.cat(
+            [
+                recipe.predict_proba(val_split.image[s : s + size].to(recipe.context.device)).double().cpu()
+                for s in range(0, len(val_split), size)
+            ]
+        )
+    finally:
+        recipe.modules.train(was_training)
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)
+    threshold = float(np.quantile(entropy.numpy(), quantile))
+    return {
+        "measure": "predictive_entropy",
+        "abstain_threshold": max(0.0, threshold),
+        "calibration": {"method": "quantile", "quantile": quantile, "split": "val", "n": len(val_split)},
+    }
+
+
 def _comparable(config: TrainConfig) -> dict[str, Any]:
     data = config.to_json_dict()
     for path in RESUMABLE_KEYS:
@@ -292,7 +370,8 @@ def train(
         run_dir: Output directory (created).
         resume: Continue from ``run_dir/checkpoint`` (a fresh start when there is none yet).
         data: Pre-built tensors (tests, notebooks); ``None`` prepares them from ``config.data``.
-        callbacks: Called with an :class:`EpochEnd` after each epoch's checkpoint.
+        callbacks: Called with an :class:`EpochEnd` after each epoch's checkpoint (on rank 0 only when
+            data-parallel).
 
     Raises:
         RunDirError: ``run_dir`` already holds a run and ``resume`` is false.
@@ -306,12 +385,18 @@ def train(
         raise RunDirError(f"{run_dir} already holds a run: resume it or choose another directory")
     if resume:
         _check_resume_config(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    with determinism(config.deterministic, config.num_threads):
-        return _train(
-            config, run_dir, resume=resume and has_checkpoint(ckpt_dir), data=data, callbacks=callbacks
-        )
+    ctx = distributed.setup(config.resolved_device())
+    try:
+        resume = resume and has_checkpoint(ckpt_dir)
+        distributed.barrier(ctx)  # every rank has looked at the run directory before rank 0 writes to it
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.yaml", dump_config(config))
+        distributed.barrier(ctx)
+        with determinism(config.deterministic, config.num_threads):
+            return _train(config, run_dir, resume=resume, data=data, callbacks=callbacks, ctx=ctx)
+    finally:
+        distributed.teardown(ctx)
 
 
 def _snapshot(recipe: Recipe) -> dict[str, Tensor]:
@@ -325,10 +410,15 @@ def _train(
     resume: bool,
     data: DataBundle | None,
     callbacks: Sequence[Callable[[EpochEnd], None]],
+    ctx: distributed.DistContext,
 ) -> TrainResult:
-    device = torch.device(config.resolved_device())
+    device = distributed.resolved_device(ctx, config.resolved_device())
     seed_everything(derive_seed(config.seed, "train"))
-    bundle = data if data is not None else prepare_data(config)
+    if data is not None:
+        bundle = data
+    else:
+        with distributed.main_process_first(ctx):  # rank 0 generates the phantom / fills the cache
+            bundle = prepare_data(config)
     weights = compute_class_weights(config.loss, bundle.train.class_counts(bundle.num_classes))
     context = RecipeContext(
         config=config,
@@ -339,6 +429,7 @@ def _train(
     )
     recipe = get_recipe(config.recipe.name)(context)
     recipe.setup()
+    distributed.broadcast_module(ctx, recipe.modules)
     es = config.early_stopping
     stopper = EarlyStopper(es.mode, es.patience, es.min_delta)
     best_state: dict[str, Tensor] | None = None
@@ -361,15 +452,17 @@ def _train(
         log.info("resuming at epoch %d of %d", start_epoch + 1, config.schedule.epochs)
     else:
         history = []
-    write_text_atomic(metrics_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in history))
+    if ctx.is_main:
+        write_text_atomic(metrics_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in history))
 
-    progress = bool(config.progress and sys.stderr.isatty())
+    progress = bool(config.progress and sys.stderr.isatty() and ctx.is_main)
     for epoch in range(start_epoch, config.schedule.epochs):
         if stopped_early:
             break
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
-        record.update(_run_epoch(recipe, bundle, epoch, progress))
+        record.update(_run_epoch(recipe, bundle, epoch, progress, ctx))
+        distributed.average_buffers(ctx, recipe.modules)
         record.update(evaluate(recipe, bundle.val, "val"))
         record["lr"] = float(recipe.optimizers["main"].param_groups[0]["lr"])
         improved = stopper.update(record[es.metric], epoch)
@@ -380,10 +473,14 @@ def _train(
         )
         record = {k: _json_value(v) for k, v in record.items()}
         stopped_early = bool(es.enabled and stopper.should_stop and epoch + 1 < config.schedule.epochs)
-        with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, allow_nan=False) + "\n")
         history.append(record)
-        _save(run_dir, recipe, epoch + 1, stopper, best_state, stopped_early)
+        if ctx.is_main:
+            with metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, allow_nan=False) + "\n")
+            _save(run_dir, recipe, epoch + 1, stopper, best_state, stopped_early)
+        distributed.barrier(ctx)
+        if not ctx.is_main:
+            continue
         log.info(
             "epoch %d/%d: %s",
             epoch + 1,
@@ -397,10 +494,19 @@ def _train(
     if es.enabled and es.restore_best and best_state is not None:
         recipe.modules.load_state_dict(best_state)
         restored = True
-    return _finish(run_dir, config, recipe, bundle, history, stopper, stopped_early, restored)
+    result = _finish(run_dir, config, recipe, bundle, history, stopper, stopped_early, restored, ctx)
+    distributed.barrier(ctx)
+    return result
 
 
-def _run_epoch(recipe: Recipe, bundle: DataBundle, epoch: int, progress: bool) -> dict[str, float]:
+def _run_epoch(
+    recipe: Recipe,
+    bundle: DataBundle,
+    epoch: int,
+    progress: bool,
+    ctx: distributed.DistContext | None = None,
+) -> dict[str, float]:
+    ctx = ctx or distributed.DistContext()
     config = recipe.config
     sched = config.schedule
     device = recipe.context.device
@@ -416,11 +522,15 @@ def _run_epoch(recipe: Recipe, bundle: DataBundle, epoch: int, progress: bool) -
             seed=derive_seed(config.seed, "data", s, epoch),
             drop_last=sched.drop_last,
             num_workers=sched.num_workers,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
         for s in range(streams)
     ]
     main = recipe.optimizers["main"]
     params = [p for group in main.param_groups for p in group["params"]]
+    main_ids = {id(p) for p in params}
+    others = [p for p in recipe.modules.parameters() if id(p) not in main_ids]
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
     bar = tqdm(
@@ -441,10 +551,13 @@ def _run_epoch(recipe: Recipe, bundle: DataBundle, epoch: int, progress: bool) -
         if not bool(torch.isfinite(loss.detach())):
             raise NonFiniteLossError(f"non-finite training loss in epoch {epoch + 1}, step {step + 1}")
         loss.backward()
+        distributed.average_gradients(ctx, params)
         if sched.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, sched.grad_clip_norm)
         main.step()
         extras = recipe.after_step(batch)
+        if others:
+            distributed.average_parameters(ctx, others)
         for key, value in terms.items():
             sums[f"train_{key}"] += float(value.detach()) * n
             weights[f"train_{key}"] += n
@@ -453,6 +566,7 @@ def _run_epoch(recipe: Recipe, bundle: DataBundle, epoch: int, progress: bool) -
             weights[f"train_{key}"] += n
         if progress:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    distributed.reduce_sums(ctx, sums, weights)
     out = {k: sums[k] / weights[k] for k in sums}
     out.update(recipe.epoch_end(epoch))
     return out
@@ -497,19 +611,26 @@ def _finish(
     stopper: EarlyStopper,
     stopped_early: bool,
     restored: bool,
+    ctx: distributed.DistContext | None = None,
 ) -> TrainResult:
+    is_main = ctx is None or ctx.is_main
     test = {k: _json_value(v) for k, v in evaluate(recipe, bundle.test, "test").items()}
     final_val = {k: _json_value(v) for k, v in evaluate(recipe, bundle.val, "val").items()}
     weights_dir = run_dir / "weights"
-    weights_dir.mkdir(exist_ok=True)
-    members = []
+    members: list[dict[str, Any]] = []
     for name, model in zip(recipe.classifier_names(), recipe.classifiers(), strict=True):
+        rel = f"weights/{name}.safetensors"
+        if not is_main:  # other ranks hold the same weights; rank 0 writes them
+            members.append({"name": name, "weights": rel, "sha256": None})
+            continue
+        weights_dir.mkdir(exist_ok=True)
         path = weights_dir / f"{name}.safetensors"
         state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, path)
-        members.append({"name": name, "weights": f"weights/{name}.safetensors", "sha256": sha256_file(path)})
-    held = bundle.val.image[:HELD_BATCH_SIZE].clone().contiguous()
-    save_file({"image": held}, run_dir / HELD_BATCH_FILE)
+        members.append({"name": name, "weights": rel, "sha256": sha256_file(path)})
+    if is_main:
+        held = bundle.val.image[:HELD_BATCH_SIZE].clone().contiguous()
+        save_file({"image": held}, run_dir / HELD_BATCH_FILE)
     group = replicate_group(config, bundle.fingerprint)
     summary = {
         "format": RESULT_FORMAT,
@@ -531,8 +652,12 @@ def _finish(
         "members": members,
         "held_batch": HELD_BATCH_FILE,
         "split_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
+        "world_size": 1 if ctx is None else ctx.world_size,
+        "reference_stats": reference_statistics(recipe, bundle.train),
+        "uncertainty": uncertainty_spec(recipe, bundle.val),
     }
-    write_json_atomic(run_dir / RESULT_FILE, summary)
+    if is_main:
+        write_json_atomic(run_dir / RESULT_FILE, summary)
     return TrainResult(
         run_dir=run_dir,
         config=config,

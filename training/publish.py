@@ -9,6 +9,9 @@ parity checks, safetensors twin, sealed card). Card fields filled from the run:
 * ``replicate_group``: :func:`training.loop.replicate_group` — recipe, architecture, data fingerprint and a
   hash of the settings *without the seed*, so replicates of one recipe share it (repeatability audit);
 * ``dataset_fingerprint``: sha256 of the dataset's CSVs / phantom.json;
+* ``reference_stats``: mean / std over the training images of each image's mean letterboxed display
+  intensity (serving's OOD check), plus the GAP-feature mean / std of single-classifier runs;
+* ``uncertainty``: abstain above the 95th percentile of the validation predictive entropy;
 * ``metrics``: the test metrics (``test_loss``, ``test_accuracy``, ``test_auroc``, ...) and the final
   validation metrics; ``extra``: recipe, best epoch, early stopping, split sizes.
 
@@ -95,6 +98,9 @@ def publish_run(
         "dataset_fingerprint": result["dataset_fingerprint"],
         "metrics": metrics,
     }
+    for key in ("reference_stats", "uncertainty"):  # written by training.loop since they were added
+        if result.get(key) is not None:
+            card_fields[key] = result[key]
     extra = {
         "recipe": result["recipe"],
         "best_epoch": result["best_epoch"],
