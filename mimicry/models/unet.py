@@ -122,7 +122,12 @@ class EfficientNetStages(nn.Module):
         channels: Output channels of every stage.
     """
 
-    def __init__(self, encoder: str = "efficientnet-b0", drop_connect_rate: float | None = None) -> None:
+    def __init__(
+        self,
+        encoder: str = "efficientnet-b0",
+        drop_connect_rate: float | None = None,
+        bn_momentum: float = 0.1,
+    ) -> None:
         super().__init__()
         from monai.networks.nets.efficientnet import EfficientNet, EfficientNetBNFeatures
 
@@ -158,6 +163,12 @@ class EfficientNetStages(nn.Module):
             start = end
         self.stages = nn.ModuleList(stages)
         self.channels: tuple[int, ...] = tuple(channels)
+        # MONAI copies TF's BatchNorm momentum (0.99 decay = torch momentum 0.01): trained from scratch for a
+        # few hundred steps, the running statistics then lag far behind and eval-mode outputs collapse to one
+        # class. torch's default 0.1 tracks them; kept configurable (arch_kwargs) for long paper-scale runs.
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = bn_momentum
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``x[N, 1, H, W]`` → the output of every stage, shallowest first (strides 2, 4, …)."""
@@ -202,6 +213,7 @@ class UNetClassifier(CamClassifier):
         decoder_channels: Sequence[int] | None = None,
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
         drop_connect_rate: float | None = None,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
@@ -209,7 +221,7 @@ class UNetClassifier(CamClassifier):
         self.class_names = tuple(class_names)
         if not self.class_names:
             raise ValueError("class_names must name at least one class")
-        self.encoder = EfficientNetStages(encoder, drop_connect_rate)
+        self.encoder = EfficientNetStages(encoder, drop_connect_rate, bn_momentum)
         channels = self.encoder.channels
         dec = tuple(int(c) for c in (ENCODERS[encoder] if decoder_channels is None else decoder_channels))
         if len(dec) != len(channels) or min(dec) < 1:
@@ -237,6 +249,7 @@ class UNetClassifier(CamClassifier):
             "decoder_channels": list(dec),
             "class_names": list(self.class_names),
             "drop_connect_rate": drop_connect_rate,
+            "bn_momentum": bn_momentum,
         }
 
     @property

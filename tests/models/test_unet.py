@@ -270,6 +270,7 @@ def test_arch_kwargs_and_argument_errors() -> None:
         "decoder_channels": [16, 8, 8],
         "class_names": ["Normal", "CHF", "pneumonia"],
         "drop_connect_rate": None,
+        "bn_momentum": 0.1,
     }
     rates = [b.drop_connect_rate for b in model.encoder.modules() if hasattr(b, "_project_conv")]
     assert rates == pytest.approx([0.0, 0.2 / 3, 0.4 / 3])
@@ -304,3 +305,15 @@ def test_onnx_export_of_the_tiny_unet_matches_torch_and_holds_only_the_classifie
     assert "Resize" not in ops
     n_convs = sum(isinstance(m, nn.Conv2d) for m in model.encoder.modules())
     assert ops.count("Conv") == n_convs + 1
+
+
+def test_encoder_batchnorm_tracks_running_statistics_at_torch_default_momentum() -> None:
+    # MONAI's TF-style momentum (0.01) leaves eval-mode statistics far behind after a short training run.
+    from mimicry.models.zoo import build_model
+
+    model = build_model("unet_tiny")
+    momenta = {m.momentum for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}
+    slow = build_model("unet", encoder="efficientnet-tiny", bn_momentum=0.01)
+    assert {m.momentum for m in slow.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+    assert slow.arch_kwargs["bn_momentum"] == 0.01
