@@ -17,6 +17,7 @@ from mimicry.commands.data import app as data_app
 from mimicry.commands.export import export_command
 from mimicry.commands.registry import make_app as make_registry_app
 from mimicry.commands.serve import serve_command
+from mimicry.commands.stack import app as stack_app
 from mimicry.commands.train import train_command
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(audit_app, name="audit")
 app.command("serve")(serve_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
+app.add_typer(stack_app, name="stack")
 
 
 def _version(value: bool) -> None:
