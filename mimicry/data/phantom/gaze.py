@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mimicry.data import egd as egd_format
 from mimicry.data.phantom.anatomy import Box, mask_box
 from mimicry.data.phantom.config import SCREEN_SIZE
 from mimicry.data.phantom.plan import GAZE_STREAM, CasePlan, case_rng
@@ -36,46 +37,8 @@ from mimicry.data.phantom.render import RenderedFilm
 
 __all__ = ["FIXATION_COLUMNS", "Scanpath", "fixation_rows", "simulate_scanpath"]
 
-FIXATION_COLUMNS: tuple[str, ...] = (
-    "SESSION_ID",
-    "MEDIA_ID",
-    "DICOM_ID",
-    "CNT",
-    "Time (in secs)",
-    "TIMETICK(f=10000000)",
-    "FPOGX",
-    "FPOGY",
-    "FPOGS",
-    "FPOGD",
-    "FPOGID",
-    "FPOGV",
-    "BPOGX",
-    "BPOGY",
-    "BPOGV",
-    "LPCX",
-    "LPCY",
-    "LPD",
-    "LPS",
-    "LPV",
-    "RPCX",
-    "RPCY",
-    "RPD",
-    "RPS",
-    "RPV",
-    "BKID",
-    "BKDUR",
-    "BKPMIN",
-    "LPMM",
-    "LPMMV",
-    "RPMM",
-    "RPMMV",
-    "SACCADE_MAG",
-    "SACCADE_DIR",
-    "VID_FRAME",
-    "X_ORIGINAL",
-    "Y_ORIGINAL",
-)
-"""EGD ``fixations.csv`` header, in file order."""
+FIXATION_COLUMNS: tuple[str, ...] = egd_format.FIXATION_COLUMNS
+"""EGD ``fixations.csv`` header, in file order (defined by the reader)."""
 
 _TICK_BASE = 690_000_000_000
 _MEDIA_SLOT_S = 900.0

@@ -37,6 +37,7 @@ from pydicom.uid import (
 )
 
 from mimicry import __version__
+from mimicry.data import egd as egd_format
 from mimicry.data.phantom.anatomy import Box
 from mimicry.data.phantom.config import CLASS_NAMES, NUISANCE_CUES
 from mimicry.data.phantom.plan import CHX_COLUMNS, LABEL_COLUMNS, CasePlan
@@ -60,43 +61,13 @@ __all__ = [
     "write_png",
 ]
 
-EGD_MASTER_COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "path",
-    "study_id",
-    "patient_id",
-    "stay_id",
-    "gender",
-    "anchor_age",
-    "image_top_pad",
-    "image_bottom_pad",
-    "image_left_pad",
-    "image_right_pad",
-    *(f"dx{i}{suffix}" for i in range(1, 10) for suffix in ("", "_icd")),
-    "normal_reports",
-    *CLASS_NAMES,
-    *LABEL_COLUMNS,
-    *CHX_COLUMNS,
-    "cxr_exam_indication",
-)
+# The dataset format is defined once, by the reader (one code path for real data and phantoms).
+EGD_MASTER_COLUMNS: tuple[str, ...] = egd_format.MASTER_SHEET_COLUMNS
 """The MIMIC-CXR-EGD ``master_sheet.csv`` columns, exactly and in order."""
-
-PHANTOM_EXTRA_COLUMNS: tuple[str, ...] = (
-    "split",
-    "site",
-    "marker_x1",
-    "marker_x2",
-    "marker_y1",
-    "marker_y2",
-    "shortcut_corr",
-    "shortcut_mode",
-    *(f"nuisance_{c}_corr" for c in NUISANCE_CUES),
-    *(f"nuisance_{c}" for c in NUISANCE_CUES),
-)
+PHANTOM_EXTRA_COLUMNS: tuple[str, ...] = egd_format.PHANTOM_EXTRA_COLUMNS
 """Phantom-only columns appended after the EGD ones (readers treat them as optional)."""
-
 MASTER_SHEET_COLUMNS: tuple[str, ...] = EGD_MASTER_COLUMNS + PHANTOM_EXTRA_COLUMNS
-BOUNDING_BOX_COLUMNS: tuple[str, ...] = ("dicom_id", "bbox_name", "x1", "x2", "y1", "y2")
+BOUNDING_BOX_COLUMNS: tuple[str, ...] = egd_format.BOUNDING_BOX_COLUMNS
 RSNA_COLUMNS: tuple[str, ...] = ("patientId", "x", "y", "width", "height", "Target")
 SIIM_HEADER = "ImageId, EncodedPixels"
 """SIIM-ACR header, with its leading space before ``EncodedPixels`` (rows are written ``id, rle`` too)."""
