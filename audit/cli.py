@@ -98,7 +98,16 @@ def run_cmd(
     checks: str = typer.Option("all", "--checks", help="Comma-separated checks or 'all'."),
     policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (default: the documented one)."),
     out: Path | None = typer.Option(None, "--out", help="Write report.json, summary.md, report.html here."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Black-box mode: a service's base URL."),
+    endpoint: str | None = typer.Option(
+        None,
+        "--endpoint",
+        help=(
+            "Black-box mode: a running service's base URL; its models are audited through /v1/explain "
+            "(bearer token from $MIMICRY_AUDIT_ENDPOINT_TOKEN)."
+        ),
+    ),
+    endpoint_timeout: float = typer.Option(120.0, "--endpoint-timeout", min=0.1, help="Seconds per request."),
+    endpoint_retries: int = typer.Option(4, "--endpoint-retries", min=0, help="Retries on 503/429/errors."),
     history: Path | None = typer.Option(None, "--history", help="History database (default: settings)."),
     no_history: bool = typer.Option(False, "--no-history", help="Neither read nor write the history."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Threads scoring cases in parallel."),
@@ -107,9 +116,8 @@ def run_cmd(
     pushgateway: str | None = typer.Option(None, "--pushgateway", help="Push the metrics to this gateway."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
-    """Audit registry model(s) against a reference store; exit 1 when a policy gate fails."""
-    if endpoint is not None:
-        _usage("black-box mode (--endpoint) is not available yet; audit the registry's models instead")
+    """Audit registry model(s) — or, with --endpoint, a running service's — against a reference store; exit 1
+    when a policy gate fails."""
     try:
         pol = load_policy(policy)
         if max_cases is not None:
@@ -125,6 +133,9 @@ def run_cmd(
             jobs=jobs,
             batch_size=batch_size,
             progress=progress and sys.stderr.isatty(),
+            endpoint=endpoint,
+            endpoint_timeout_s=endpoint_timeout,
+            endpoint_retries=endpoint_retries,
         )
         report = run_audit(config)
     except (PolicyError, ReferenceDataError, RegistryError, HistoryError) as exc:
@@ -132,10 +143,13 @@ def run_cmd(
     except AuditError as exc:
         _usage(str(exc))
     for m in report.models:
-        typer.echo(f"\n{m.ref} ({m.architecture}): {'PASS' if m.passed else 'FAIL'}")
+        via = f" via {m.endpoint}" if m.endpoint else ""
+        typer.echo(f"\n{m.ref} ({m.architecture}{via}): {'PASS' if m.passed else 'FAIL'}")
         for e in m.errors:
             typer.echo(f"  error: {e}")
         typer.echo(format_table(m.verdicts, methods=m.methods))
+        for check, why in m.not_applicable.items():
+            typer.echo(f"  N/A {check}: {why}")
     if out is not None:
         paths = write_reports(report, out)
         typer.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}")
@@ -224,7 +238,9 @@ def watch_cmd(
     reference: Path = typer.Option(..., "--reference", help="Reference store (EGD layout)."),
     interval: str = typer.Option("10m", "--interval", help="Re-audit period (30s, 10m, 1h)."),
     poll: float = typer.Option(30.0, "--poll", min=0.1, help="Seconds between registry polls."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Probe a live service (not available yet)."),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Also probe this live service's models with the reference cases."
+    ),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Port of /metrics (default 9400)."),
     metrics_host: str | None = typer.Option(None, "--metrics-host", help="Address of /metrics (127.0.0.1)."),
     methods: str | None = typer.Option(None, "--methods", help="Comma-separated methods (default: policy)."),
@@ -235,9 +251,7 @@ def watch_cmd(
     max_cases: int | None = typer.Option(None, "--max-cases", min=1, help="Score at most N cases."),
     max_cycles: int | None = typer.Option(None, "--max-cycles", hidden=True, help="Stop after N polls."),
 ) -> None:
-    """Audit new / changed versions continually and serve Prometheus metrics on /metrics."""
-    if endpoint is not None:
-        _usage("probing a live endpoint (--endpoint) is not available yet")
+    """Audit new / changed versions continually (and probe a live endpoint) and serve /metrics."""
     settings = AuditSettings()
     try:
         seconds = parse_interval(interval)
@@ -263,7 +277,16 @@ def watch_cmd(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        watch(config, metrics, interval_s=seconds, poll_s=poll, out_dir=out, max_cycles=max_cycles, stop=stop)
+        watch(
+            config,
+            metrics,
+            interval_s=seconds,
+            poll_s=poll,
+            out_dir=out,
+            max_cycles=max_cycles,
+            stop=stop,
+            endpoint=endpoint,
+        )
     except KeyboardInterrupt:
         pass
     except (ReferenceDataError, RegistryError, AuditError) as exc:

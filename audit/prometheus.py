@@ -10,6 +10,14 @@ Metric names follow the Prometheus naming conventions (base units, ``_total`` fo
 * ``mimicry_audit_run_duration_seconds`` — gauge, wall time of the last run;
 * ``mimicry_audit_runs_total{status}`` — counter of runs by status (``passed`` / ``failed`` / ``error``).
 
+Black-box probes of a live endpoint (``audit watch --endpoint``) are exported separately, so that they never
+overwrite the white-box series of the same version:
+
+* ``mimicry_audit_probe_score{model,version,method,check,metric}`` and
+  ``mimicry_audit_probe_check_passed{model,version,method,check}`` — as above, from the served maps;
+* ``mimicry_audit_probe_up`` — 1 when the last probe reached the endpoint and completed, else 0;
+* ``mimicry_audit_probe_last_success_timestamp_seconds`` — Unix time of the last completed probe.
+
 :class:`AuditMetrics` owns a private ``CollectorRegistry`` (never the process-global default), so several
 instances can coexist in tests. ``audit watch`` serves it on ``/metrics``; ``audit run --pushgateway URL``
 pushes it once (a Kubernetes CronJob).
@@ -58,13 +66,54 @@ class AuditMetrics:
         self.runs = Counter("mimicry_audit_runs", "Audit runs by status.", ["status"], registry=self.registry)
         for status in ("passed", "failed", "error"):
             self.runs.labels(status=status)  # export zeros from the start
+        self.probe_score = Gauge(
+            "mimicry_audit_probe_score",
+            "Mean black-box audit score of a served model version (live endpoint probe).",
+            ["model", "version", "method", "check", "metric"],
+            registry=self.registry,
+        )
+        self.probe_check_passed = Gauge(
+            "mimicry_audit_probe_check_passed",
+            "1 when every policy criterion of the check passes on the live endpoint's maps, else 0.",
+            ["model", "version", "method", "check"],
+            registry=self.registry,
+        )
+        self.probe_up = Gauge(
+            "mimicry_audit_probe_up",
+            "1 when the last endpoint probe completed, else 0.",
+            registry=self.registry,
+        )
+        self.probe_last_success = Gauge(
+            "mimicry_audit_probe_last_success_timestamp_seconds",
+            "Unix time of the last endpoint probe that completed without error.",
+            registry=self.registry,
+        )
 
     def observe_model(self, m: ModelAudit, policy: Policy) -> None:
         """Record one model version's scores, check verdicts and run status."""
+        self._scores(m, policy, self.score, self.check_passed)
+        status = "error" if m.errors else ("passed" if m.passed else "failed")
+        self.runs.labels(status=status).inc()
+
+    def observe_probe(self, report: AuditReport) -> None:
+        """Record a black-box probe of a live endpoint (``probe_*`` series)."""
+        for m in report.models:
+            self._scores(m, report.policy, self.probe_score, self.probe_check_passed)
+        ok = bool(report.models) and not any(m.errors for m in report.models)
+        self.probe_up.set(1.0 if ok else 0.0)
+        if ok:
+            self.probe_last_success.set(report.finished)
+
+    def probe_failed(self) -> None:
+        """The endpoint could not be probed (unreachable, refused)."""
+        self.probe_up.set(0.0)
+
+    @staticmethod
+    def _scores(m: ModelAudit, policy: Policy, score: Gauge, check_passed: Gauge) -> None:
         labels = {"model": m.name, "version": str(m.version)}
         for r in m.results:
             for metric, s in r.summaries.items():
-                self.score.labels(**labels, method=r.method, check=r.check, metric=metric).set(s.mean)
+                score.labels(**labels, method=r.method, check=r.check, metric=metric).set(s.mean)
         check_of = {c.id: c.check for c in policy.criteria}
         verdict: dict[tuple[str, str], list[str]] = {}
         for v in m.verdicts:
@@ -73,9 +122,7 @@ class AuditMetrics:
             decided = [s for s in statuses if s != "N/A"]
             if decided:
                 ok = all(s == "PASS" for s in decided)
-                self.check_passed.labels(**labels, method=method, check=check).set(1.0 if ok else 0.0)
-        status = "error" if m.errors else ("passed" if m.passed else "failed")
-        self.runs.labels(status=status).inc()
+                check_passed.labels(**labels, method=method, check=check).set(1.0 if ok else 0.0)
 
     def observe(self, report: AuditReport) -> None:
         """Record a whole ``audit run``."""

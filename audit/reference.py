@@ -162,6 +162,20 @@ class ReferenceSet:
         """Case ``i`` (0-based position in :attr:`indices`) prepared for ``spec``."""
         return _prepare(self.dataset[self.indices[i]], self.indices[i], spec)
 
+    def dicom_bytes(self, i: int) -> bytes:
+        """The DICOM file of case ``i`` as stored (black-box mode sends it to ``/v1/explain``).
+
+        Raises:
+            ReferenceDataError: the file cannot be read (the message names the position, not the case).
+        """
+        path = self.dataset.cases[self.indices[i]].path
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ReferenceDataError(
+                f"cannot read the DICOM of reference case #{i}: {exc.strerror}"
+            ) from None
+
     def cases(self, spec: PreprocessSpec, positions: Sequence[int] | None = None) -> Iterator[ReferenceCase]:
         """Iterate over prepared cases (one at a time: memory stays bounded)."""
         for i in positions if positions is not None else range(len(self)):

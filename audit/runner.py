@@ -16,11 +16,26 @@ audit → SQLite history → report → Prometheus → promotion gate). Per mode
    replicates, runtime reproducibility (torch twin vs ONNX Runtime);
 5. subgroup gaps, the policy's verdicts, and the run's end row.
 
+**Black-box mode** (``config.endpoint``; :mod:`audit.blackbox`): the models are those the endpoint serves
+(``GET /v1/models``); every reference DICOM is sent to ``POST /v1/explain`` (``space=source``, PNG-16) and the
+returned native-grid maps are scored by the same gaze, localisation and shortcut code (no model weights).
+Checks that need the weights (faithfulness's perturbation forwards, randomisation, repeatability,
+reproducibility, consistency) are N/A with the reason recorded. When the registry given alongside holds the
+served version with the same ``model.onnx`` sha256, ``runtime_reproducibility`` compares the registry's torch
+twin with the service (probabilities and Grad-CAM, ``details["runtime"] = "service"``). The history records
+the endpoint's model name, version and ``model.onnx`` sha256; the cache key is (that sha256, method, case,
+black-box scoring config).
+
+IBA methods (``iba``, ``inverse_iba``, ``multilayer_iba``) get their ``stats=``: the card's ``iba_stats``
+when they match the layer, else :func:`mimicry.saliency.iba.estimate_layer_stats` on the reference's
+training split, cached per model sha256 in a sidecar file next to the history (:func:`iba_stats_for`).
+
 Several audited models are then compared pairwise (paired t-test and Wilcoxon per shared metric).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,6 +49,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit.blackbox import (
+    EndpointClient,
+    EndpointError,
+    EndpointExplanation,
+    EndpointRequestError,
+    ExplainRequest,
+    ServedModelInfo,
+    public_url,
+    select_served,
+)
 from audit.checks import (
     BootstrapSettings,
     CheckResult,
@@ -56,9 +81,10 @@ from audit.checks.localisation import baseline_map, localisation_scores
 from audit.checks.shortcut import shortcut_scores
 from audit.errors import AuditError, CheckInputError
 from audit.history import History
+from audit.iba_stats import AUDIT_ONLY_PARAMS, IbaStatsProvider, method_kwargs
 from audit.policy import Policy, Verdict, evaluate, gate_passed
 from audit.reference import ReferenceCase, ReferenceSet
-from mimicry.preprocess import unletterbox
+from mimicry.preprocess import PreprocessSpec, unletterbox
 from mimicry.registry import ModelCard, Registry, RegistryError
 from mimicry.saliency import SaliencyError, explain
 
@@ -77,6 +103,17 @@ log = logging.getLogger(__name__)
 
 #: Checks scored per (model, method, case) and cached in the history.
 PER_CASE_CHECKS: tuple[str, ...] = ("gaze", "localisation", "shortcut", "faithfulness")
+#: Per-case checks a black-box audit can score from the returned maps alone.
+BLACKBOX_PER_CASE: tuple[str, ...] = ("gaze", "localisation", "shortcut")
+#: Checks that need the model's weights, hence N/A in black-box mode (with the reason).
+NEEDS_WEIGHTS: dict[str, str] = {
+    "faithfulness": "needs model forwards on perturbed inputs (black-box mode)",
+    "cascading_randomisation": "needs the model weights (black-box mode)",
+    "independent_randomisation": "needs the model weights (black-box mode)",
+    "repeatability": "needs the model weights (black-box mode)",
+    "reproducibility": "needs the model weights (black-box mode)",
+    "consistency": "needs the model weights (black-box mode)",
+}
 #: Number of example cases kept for the report's overlays.
 N_EXAMPLES = 2
 #: Version of the per-case scoring code; part of the cache key.
@@ -94,6 +131,9 @@ class AuditConfig:
         history_path: SQLite history (``None``: no history, no cache).
         jobs: threads scoring cases in parallel. batch_size: cases per chunk (memory bound).
         progress: show a progress bar (stderr).
+        endpoint: black-box mode: the base URL of a running mimicry service (``None``: white-box).
+        endpoint_token: its bearer token (``None``: ``$MIMICRY_AUDIT_ENDPOINT_TOKEN``).
+        endpoint_timeout_s / endpoint_retries: per-request timeout and retries (503 / 429 / transport).
     """
 
     registry: Path
@@ -106,6 +146,14 @@ class AuditConfig:
     jobs: int = 1
     batch_size: int = 8
     progress: bool = False
+    endpoint: str | None = None
+    endpoint_token: str | None = field(default=None, repr=False)
+    endpoint_timeout_s: float = 120.0
+    endpoint_retries: int = 4
+
+    @property
+    def mode(self) -> str:
+        return "blackbox" if self.endpoint else "whitebox"
 
     @property
     def method_list(self) -> list[str]:
@@ -126,6 +174,8 @@ class AuditConfig:
             "checks": self.check_list,
             "jobs": self.jobs,
             "batch_size": self.batch_size,
+            "mode": self.mode,
+            "endpoint": public_url(self.endpoint) if self.endpoint else None,
         }
 
 
@@ -147,6 +197,9 @@ class ModelAudit:
     n_cached: int = 0
     errors: list[str] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "whitebox"
+    endpoint: str | None = None
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -232,6 +285,8 @@ class _Audit:
         self.average_mask = reference.average_mask() if "localisation" in self.checks else None
         self.groups: dict[str, dict[str, str | None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.jobs))
+        hp = config.history_path
+        self.iba = IbaStatsProvider(reference, hp.parent / f"{hp.name}.iba-stats" if hp else None)
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -240,18 +295,33 @@ class _Audit:
 
     # ------------------------------------------------------------------------------------ helpers
 
-    def config_sha(self, method: str) -> str:
+    def config_sha(self, method: str, mode: str = "whitebox") -> str:
         p = self.policy
-        key = {
+        scored = PER_CASE_CHECKS if mode == "whitebox" else BLACKBOX_PER_CASE
+        key: dict[str, Any] = {
             "scoring": SCORING_VERSION,
             "method": method,
             "params": p.method_params.get(method, {}),
             "target": p.target,
             "faithfulness_steps": p.faithfulness.steps,
-            "checks": sorted(c for c in self.checks if c in PER_CASE_CHECKS),
+            "checks": sorted(c for c in self.checks if c in scored),
             "split": p.split,
         }
+        if mode != "whitebox":
+            key["mode"] = mode
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def method_params(self, method: str, card: ModelCard, twin: torch.nn.Module) -> dict[str, Any]:
+        """``explain`` keyword arguments of ``method`` for ``card``'s twin (IBA: with layer statistics)."""
+        return method_kwargs(
+            method,
+            self.policy.method_params.get(method),
+            model=twin,
+            model_sha256=model_sha256(card),
+            spec=card.preprocessing,
+            provider=self.iba,
+            card_stats=card.iba_stats,
+        )
 
     def targets(self, model: torch.nn.Module, cases: Sequence[ReferenceCase]) -> list[int]:
         if self.policy.target == "label":
@@ -347,7 +417,14 @@ class _Audit:
         names = card.class_names
         twin = self.registry.load_twin(card.ref)
         forward = _numpy_forward(twin)
-        explainers = {m: make_explainer(m, self.policy.method_params.get(m)) for m in self.methods}
+        failed: set[str] = set()
+        explainers: dict[str, Explainer] = {}
+        for m in self.methods:
+            try:
+                explainers[m] = make_explainer(m, self.method_params(m, card, twin))
+            except (AuditError, SaliencyError, ValueError, RuntimeError) as exc:
+                failed.add(m)
+                audit.errors.append(f"method {m}: {type(exc).__name__}: {exc}")
         n = len(self.reference)
         k = min(self.policy.pairwise_cases, n)
         per_case_on = [c for c in self.checks if c in PER_CASE_CHECKS]
@@ -366,7 +443,6 @@ class _Audit:
         pair_t: list[int] = []
         pair_keys: list[str] = []
         pair_maps: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
-        failed: set[str] = set()
         positions = list(range(n))
         chunks = [positions[i : i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
         bar = None
@@ -434,6 +510,30 @@ class _Audit:
         if bar is not None:
             bar.close()
         audit.n_cases = n
+        audit.results.extend(self._per_case_results(scores, baselines, failed))
+        if k >= 2 and pair_x:
+            self._model_level(card, twin, audit, explainers, pair_x, pair_t, pair_keys, pair_maps, failed)
+        self._subgroups(audit)
+
+    def _subgroups(self, audit: ModelAudit) -> None:
+        if "subgroups" in self.checks:
+            sg = self.policy.subgroups
+            audit.results.extend(
+                subgroup_gaps(
+                    [r for r in audit.results if r.check in PER_CASE_CHECKS],
+                    self.groups,
+                    columns=sg.columns,
+                    min_group_size=sg.min_group_size,
+                )
+            )
+
+    def _per_case_results(
+        self,
+        scores: dict[str, dict[str, tuple[str, list[tuple[str, str, float]]]]],
+        baselines: dict[str, CheckResult],
+        failed: set[str],
+    ) -> list[CheckResult]:
+        """Per-case scores → summarised check results, with the localisation / shortcut baselines."""
         base_results = {check: r.summarise(self.bootstrap) for check, r in baselines.items()}
         per_case_results: list[CheckResult] = []
         for m in self.methods:
@@ -458,24 +558,17 @@ class _Audit:
                         k2: s.mean for k2, s in base_results["shortcut"].summaries.items()
                     }
                 per_case_results.append(r)
-        audit.results.extend(per_case_results)
-        if k >= 2 and pair_x:
-            self._model_level(card, twin, audit, explainers, pair_x, pair_t, pair_keys, pair_maps, failed)
-        if "subgroups" in self.checks:
-            sg = self.policy.subgroups
-            audit.results.extend(
-                subgroup_gaps(
-                    [r for r in audit.results if r.check in PER_CASE_CHECKS],
-                    self.groups,
-                    columns=sg.columns,
-                    min_group_size=sg.min_group_size,
-                )
-            )
+        return per_case_results
 
     def _example(self, audit: ModelAudit, case: ReferenceCase, method: str, map_model: np.ndarray) -> None:
+        self._example_native(audit, case, method, unletterbox(map_model, case.letterbox))
+
+    def _example_native(
+        self, audit: ModelAudit, case: ReferenceCase, method: str, native: np.ndarray
+    ) -> None:
         for ex in audit.examples:
             if ex["key"] == case.key:
-                ex["maps"][method] = unletterbox(map_model, case.letterbox)
+                ex["maps"][method] = native
                 return
         audit.examples.append(
             {
@@ -484,15 +577,16 @@ class _Audit:
                 "heatmap": case.heatmap,
                 "finding_mask": case.finding_mask,
                 "marker": case.marker,
-                "maps": {method: unletterbox(map_model, case.letterbox)},
+                "maps": {method: native},
             }
         )
 
     def _partner_maps(
-        self, other: ModelCard, method: str, positions: int, params: dict[str, Any]
+        self, other: ModelCard, method: str, positions: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Model-resolution and native-grid maps of a partner model on the first ``positions`` cases."""
         twin = self.registry.load_twin(other.ref)
+        params = self.method_params(method, other, twin)
         cases = [self.reference.case(i, other.preprocessing) for i in range(positions)]
         t = torch.tensor(self.targets(twin, cases), dtype=torch.long)
         x = torch.from_numpy(np.stack([c.x for c in cases]))
@@ -554,7 +648,6 @@ class _Audit:
                             **common,  # type: ignore[arg-type]
                         )
                     )
-            params = p.method_params.get(m, {})
             rep_maps_model: list[np.ndarray] = []
             rep_refs: list[str] = []
             for check in ("repeatability", "reproducibility"):
@@ -567,7 +660,7 @@ class _Audit:
                 own_native = [unletterbox(mm, c.letterbox) for mm, c in zip(pm, native_cases, strict=True)]
                 agreements = []
                 for other in others:
-                    model_maps, native = self._partner_maps(other, m, k, params)
+                    model_maps, native = self._partner_maps(other, m, k)
                     if check == "repeatability" and model_maps[0].shape == pm.shape[1:]:
                         rep_maps_model.append(np.stack(model_maps))
                         rep_refs.append(other.ref)
@@ -603,6 +696,231 @@ class _Audit:
                 )
             )
 
+    # ------------------------------------------------------------------------------------ black-box
+
+    def audit_served(
+        self, info: ServedModelInfo, client: EndpointClient, registry: Registry | None
+    ) -> ModelAudit:
+        """Black-box audit of one served model (see the module docstring)."""
+        t0 = time.perf_counter()
+        audit = ModelAudit(info.name, info.version, info.sha256, info.architecture, list(self.methods))
+        audit.mode = "blackbox"
+        audit.endpoint = client.url
+        for check in self.checks:
+            if check in NEEDS_WEIGHTS:
+                audit.not_applicable[check] = NEEDS_WEIGHTS[check]
+        if self.history is not None:
+            audit.run_id = self.history.start_run(
+                model=info.name,
+                version=info.version,
+                sha256=info.sha256,
+                policy_json=self.policy.canonical_json(),
+                policy_sha256=self.policy.sha256,
+                config={**self.config.to_dict(), "served": info.requested},
+            )
+        try:
+            self._audit_served(info, audit, client, registry)
+            verdicts = evaluate(self.policy, audit.results, self.methods)
+            audit.verdicts = _explain_na(self.policy, verdicts, audit.not_applicable)
+            audit.passed = gate_passed(audit.verdicts) and not audit.errors
+        except (AuditError, RegistryError, SaliencyError, ValueError, RuntimeError) as exc:
+            audit.errors.append(f"{type(exc).__name__}: {exc}")
+            audit.passed = False
+            log.error("black-box audit of %s failed: %s", info.ref, type(exc).__name__)
+        audit.duration_s = time.perf_counter() - t0
+        if self.history is not None and audit.run_id is not None:
+            self.history.record_results(audit.run_id, audit.results, audit.verdicts)
+            status = "error" if audit.errors else ("passed" if audit.passed else "failed")
+            self.history.finish_run(audit.run_id, status=status, passed=audit.passed)
+        return audit
+
+    def _target_param(self, names: Sequence[str], case: ReferenceCase) -> str:
+        if self.policy.target == "label" and 0 <= case.label_index < len(names):
+            return names[case.label_index]
+        return "predicted"
+
+    def score_native(self, case: ReferenceCase, native: np.ndarray) -> list[tuple[str, str, float]]:
+        """Black-box per-case scores of a native-grid map (gaze, localisation, shortcut)."""
+        if native.shape != case.shape:
+            raise EndpointError(f"the endpoint's map has shape {native.shape}, the DICOM {case.shape}")
+        parts = {
+            "gaze": lambda: gaze_scores(native, case),
+            "localisation": lambda: localisation_scores(native, case),
+            "shortcut": lambda: shortcut_scores(native, case),
+        }
+        rows: list[tuple[str, str, float]] = []
+        for check in BLACKBOX_PER_CASE:
+            if check in self.checks:
+                rows.extend((check, m, v) for m, v in parts[check]().items())
+        return rows
+
+    def _served_twin(self, info: ServedModelInfo, registry: Registry | None) -> tuple[ModelCard, Any] | None:
+        """The registry's card and torch twin of the served version, when its ``model.onnx`` is the same."""
+        if registry is None:
+            return None
+        try:
+            card = registry.card(info.ref)
+        except RegistryError:
+            return None
+        if card.artifacts.get("model.onnx") != info.sha256:
+            return None
+        return card, registry.load_twin(card.ref)
+
+    def _audit_served(
+        self, info: ServedModelInfo, audit: ModelAudit, client: EndpointClient, registry: Registry | None
+    ) -> None:
+        spec = info.card.preprocessing if info.card is not None else PreprocessSpec()
+        names = list(info.class_names)
+        per_case_on = [c for c in self.checks if c in BLACKBOX_PER_CASE]
+        shas = {m: self.config_sha(m, mode="blackbox") for m in self.methods}
+        cached = {
+            m: (
+                self.history.cached_cases(model_sha256=info.sha256, config_sha256=shas[m], method=m)
+                if self.history is not None and per_case_on
+                else {}
+            )
+            for m in self.methods
+        }
+        n = len(self.reference)
+        k = min(self.policy.pairwise_cases, n)
+        scores: dict[str, dict[str, tuple[str, list[tuple[str, str, float]]]]] = {m: {} for m in self.methods}
+        baselines: dict[str, CheckResult] = {}
+        failed: set[str] = set()
+        positions = list(range(n))
+        for start in range(0, n, self.config.batch_size):
+            chunk = positions[start : start + self.config.batch_size]
+            cases = [self.reference.case(i, spec) for i in chunk]
+            for c in cases:
+                self.groups[c.key] = dict(c.groups)
+                for check, vals in self.baseline_rows(c).items():
+                    baselines.setdefault(check, CheckResult(check, "baseline")).add_case(c.key, vals)
+            jobs = [
+                (m, j)
+                for m in self.methods
+                if m not in failed
+                for j, c in enumerate(cases)
+                if c.key not in cached[m] or chunk[j] < N_EXAMPLES
+            ]
+            dicoms = {j: self.reference.dicom_bytes(chunk[j]) for j in sorted({j for _, j in jobs})}
+            answers = client.explain_many(
+                [
+                    ExplainRequest(
+                        dicoms[j],
+                        model=info.requested,
+                        method=m,
+                        target=self._target_param(names, cases[j]),
+                        space="source",
+                        params={
+                            k: v
+                            for k, v in self.policy.method_params.get(m, {}).items()
+                            if k not in AUDIT_ONLY_PARAMS
+                        },
+                    )
+                    for m, j in jobs
+                ]
+            )
+            got: dict[tuple[str, int], EndpointExplanation] = {}
+            for (m, j), ans in zip(jobs, answers, strict=True):
+                if isinstance(ans, EndpointRequestError):
+                    if m not in failed:
+                        failed.add(m)
+                        audit.errors.append(f"method {m}: {ans}")
+                    continue
+                if isinstance(ans, EndpointError):
+                    raise ans
+                if ans.model.get("sha256") != info.sha256:
+                    raise EndpointError("the endpoint's model changed during the audit (sha256 differs)")
+                got[(m, j)] = ans
+            for m in self.methods:
+                if m in failed:
+                    continue
+                futures = {
+                    j: self._pool.submit(self.score_native, cases[j], got[(m, j)].map)
+                    for j, c in enumerate(cases)
+                    if c.key not in cached[m]
+                }
+                new = {cases[j].key: (got[(m, j)].target_class, f.result()) for j, f in futures.items()}
+                audit.n_cached += len(cases) - len(futures)
+                for j, c in enumerate(cases):
+                    if chunk[j] < N_EXAMPLES:
+                        self._example_native(audit, c, m, got[(m, j)].map)
+                reused = {c.key: cached[m][c.key] for c in cases if c.key in cached[m]}
+                scores[m].update(reused)
+                scores[m].update(new)
+                if self.history is not None and audit.run_id is not None and per_case_on:
+                    self.history.record_cases(
+                        audit.run_id,
+                        model_sha256=info.sha256,
+                        config_sha256=shas[m],
+                        method=m,
+                        cases={**reused, **new},
+                    )
+        audit.n_cases = n
+        audit.results.extend(self._per_case_results(scores, baselines, failed))
+        if "runtime_reproducibility" in self.checks:
+            twin = self._served_twin(info, registry)
+            if twin is None:
+                audit.not_applicable["runtime_reproducibility"] = (
+                    "needs the served version in the registry (black-box mode)"
+                )
+            else:
+                audit.results.append(self._service_reproducibility(info, client, twin[0], twin[1], k))
+        self._subgroups(audit)
+
+    def _service_reproducibility(
+        self, info: ServedModelInfo, client: EndpointClient, card: ModelCard, twin: torch.nn.Module, k: int
+    ) -> CheckResult:
+        """``runtime_reproducibility`` of the registry's torch twin vs the service, on the first ``k`` cases:
+        ``probs_max_abs_diff`` (softmax vs the service's probabilities) and ``cam_max_abs_diff`` (the twin's
+        ``gradcam`` vs the service's, both at model resolution) — ``details["runtime"] = "service"``."""
+        cases = [self.reference.case(i, card.preprocessing) for i in range(k)]
+        targets = self.targets(twin, cases)
+        answers = client.explain_many(
+            [
+                ExplainRequest(
+                    self.reference.dicom_bytes(i),
+                    model=info.requested,
+                    method="gradcam",
+                    target=str(t),
+                    space="model",
+                )
+                for i, t in zip(range(k), targets, strict=True)
+            ]
+        )
+        x = torch.from_numpy(np.stack([c.x for c in cases]))
+        with torch.no_grad():
+            probs = torch.softmax(twin(x), dim=1).numpy()
+        cams = make_explainer("gradcam")(twin, x, torch.tensor(targets, dtype=torch.long))
+        result = CheckResult("runtime_reproducibility", "gradcam")
+        for i, (c, ans) in enumerate(zip(cases, answers, strict=True)):
+            if isinstance(ans, EndpointError):
+                raise ans
+            if ans.map.shape != cams[i].shape:
+                raise EndpointError(
+                    f"the model-space map {ans.map.shape} differs from the twin's {cams[i].shape}"
+                )
+            result.add_case(
+                c.key,
+                {
+                    "probs_max_abs_diff": float(np.abs(probs[i] - ans.probabilities).max()),
+                    "cam_max_abs_diff": float(np.abs(cams[i] - ans.map).max()),
+                },
+                ans.target_class,
+            )
+        result.details["runtime"] = "service"
+        result.details["endpoint"] = client.url
+        return result.summarise(self.bootstrap)
+
+
+def _explain_na(policy: Policy, verdicts: list[Verdict], reasons: dict[str, str]) -> list[Verdict]:
+    """N/A verdicts of checks that cannot run (black-box mode) carry the reason instead of "check not run"."""
+    check_of = {c.id: c.check for c in policy.criteria}
+    out = []
+    for v in verdicts:
+        why = reasons.get(check_of.get(v.criterion, ""))
+        out.append(dataclasses.replace(v, reason=why) if v.status == "N/A" and why else v)
+    return out
+
 
 def _mean_agreement(results: list[CheckResult], bootstrap: BootstrapSettings) -> CheckResult:
     """Average several partners' per-case agreement into one result (``details["others"]`` lists them)."""
@@ -627,8 +945,12 @@ def run_audit(config: AuditConfig) -> AuditReport:
     Raises:
         ReferenceDataError: the reference store is unusable.
         RegistryError: a model reference does not resolve.
+        EndpointError: black-box mode: the endpoint is unreachable or serves no matching model.
     """
     started = time.time()
+    if config.endpoint:
+        audits = _run_blackbox(config)
+        return AuditReport(config.to_dict(), config.policy, audits, _compare(audits), started, time.time())
     registry = Registry(config.registry)
     targets = resolve_models(registry, config.models)
     if not targets:
@@ -645,6 +967,37 @@ def run_audit(config: AuditConfig) -> AuditReport:
         audits = [state.audit_model(n, v) for n, v in targets]
     finally:
         state.close()
+    return AuditReport(config.to_dict(), config.policy, audits, _compare(audits), started, time.time())
+
+
+def _run_blackbox(config: AuditConfig) -> list[ModelAudit]:
+    """Black-box audits of the endpoint's models matching ``config.models``."""
+    assert config.endpoint is not None
+    with EndpointClient(
+        config.endpoint,
+        token=config.endpoint_token,
+        timeout_s=config.endpoint_timeout_s,
+        retries=config.endpoint_retries,
+        jobs=config.jobs,
+    ) as client:
+        served = select_served(client.models(), config.models)
+        registry = None
+        if config.registry is not None and Path(config.registry).is_dir():
+            registry = Registry(config.registry)
+        reference = ReferenceSet(
+            config.reference,
+            split=config.policy.split,
+            limit=config.policy.max_cases,
+            class_names=served[0].class_names,
+        )
+        state = _Audit(config, registry, reference)  # type: ignore[arg-type]
+        try:
+            return [state.audit_served(info, client, registry) for info in served]
+        finally:
+            state.close()
+
+
+def _compare(audits: list[ModelAudit]) -> list[Comparison]:
     comparisons: list[Comparison] = []
     for i in range(len(audits)):
         for j in range(i + 1, len(audits)):
@@ -657,4 +1010,4 @@ def run_audit(config: AuditConfig) -> AuditReport:
                     [r for r in b.results if r.check in PER_CASE_CHECKS],
                 )
             )
-    return AuditReport(config.to_dict(), config.policy, audits, comparisons, started, time.time())
+    return comparisons

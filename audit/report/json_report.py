@@ -2,11 +2,13 @@
 
 Top level: ``schema``, ``schema_version``, ``started`` / ``finished`` (ISO 8601 UTC), ``passed`` (the gate),
 ``config``, ``policy`` (+ ``policy_sha256``), ``models`` and ``comparisons``. Each model: ``ref``, ``model``,
-``version``, ``sha256``, ``architecture``, ``run_id`` (history), ``passed``, ``errors``, ``n_cases``,
-``n_cached``, ``duration_s``, ``methods``, ``table`` (the Table-2-shaped text), ``verdicts`` (criterion,
-column, method, status, value, threshold, op, gate, reason) and ``results`` (check, method, summaries with
-bootstrap CIs, baselines, details, per-case ``values`` keyed by non-identifying case keys). Non-finite
-numbers are written as ``null`` so the file is strict JSON.
+``version``, ``sha256`` (white-box: of the registry artifacts; black-box: the endpoint's ``model.onnx``),
+``architecture``, ``mode`` (``whitebox`` / ``blackbox``), ``endpoint``, ``not_applicable`` (check → why
+it could not run), ``run_id`` (history), ``passed``, ``errors``, ``n_cases``, ``n_cached``, ``duration_s``,
+``methods``, ``table`` (the Table-2-shaped text), ``verdicts`` (criterion, column, method, status, value,
+threshold, op, gate, reason) and ``results`` (check, method, summaries with bootstrap CIs, baselines,
+details, per-case ``values`` keyed by non-identifying case keys). Non-finite numbers are written as ``null``
+so the file is strict JSON.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def model_dict(m: ModelAudit) -> dict[str, Any]:
         "version": m.version,
         "sha256": m.sha256,
         "architecture": m.architecture,
+        "mode": m.mode,
+        "endpoint": m.endpoint,
+        "not_applicable": dict(m.not_applicable),
         "run_id": m.run_id,
         "passed": m.passed,
         "errors": list(m.errors),

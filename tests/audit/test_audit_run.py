@@ -153,7 +153,13 @@ def test_failing_gate_exits_1_and_blocks_promotion(
 def test_usage_errors_exit_2(setup: dict[str, Path]) -> None:
     (setup["root"] / "bad.yaml").write_text("version: 7\n")
     assert _run(setup, "bad.yaml", "out4").exit_code == 2
-    assert _run(setup, "pass.yaml", "out4", "--endpoint", "http://127.0.0.1:1").exit_code == 2
+    # black-box mode against a closed port: the endpoint is unreachable → input error
+    assert (
+        _run(
+            setup, "pass.yaml", "out4", "--endpoint", "http://127.0.0.1:1", "--endpoint-retries", "0"
+        ).exit_code
+        == 2
+    )
     res = CliRunner().invoke(
         app,
         [
