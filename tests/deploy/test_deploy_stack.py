@@ -1,5 +1,6 @@
 """End-to-end test of the local stack (issue 7, "Local stack (no Docker)"): ``stack up`` on free ports with a
-toy registry and a phantom reference store, one ``/v1/predict`` through the service and Triton, Prometheus'
+toy registry and a phantom reference store, one ``/v1/predict`` and one two-instance STOW-RS through the
+service and Triton, Prometheus'
 query API sees every target up and the service, Triton and audit series, ``stack down`` leaves no process.
 
 ``up`` and ``down`` run as real commands (``python -m mimicry.commands.stack``), so the stack's processes are
@@ -163,8 +164,31 @@ def test_stack_up_predict_scrape_down(stack: tuple[Path, dict[str, int]], inputs
     assert body["model"]["ref"] == "cxr-toy:1"
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
-    # the request went through Triton, and the service and audit series arrive in Prometheus
-    _eventually(prometheus, f"{triton_expr} >= {before + 1}")
+    # DICOMweb STOW-RS: two instances in one multipart/related request, both stored with predictions
+    boundary = "mimicrystackboundary"
+    parts = [p.read_bytes() for p in sorted((inputs[1] / "files").rglob("*.dcm"))[1:3]]
+    stow_body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+            for part in parts
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    stow = urllib.request.Request(
+        f"http://127.0.0.1:{ports['service']}/dicomweb/studies",
+        data=stow_body,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        method="POST",
+    )
+    with urllib.request.urlopen(stow, timeout=60) as r:
+        assert r.status == 200
+        stowed = json.load(r)
+    assert len(stowed["00081199"]["Value"]) == 2
+    assert [p["status"] for p in stowed["mimicry"]["predictions"]] == ["stored", "stored"]
+
+    # the requests went through Triton (1 predict + 2 STOW instances), and the service and audit series
+    # arrive in Prometheus
+    _eventually(prometheus, f"{triton_expr} >= {before + 3}")
     served = _eventually(
         prometheus, 'bentoml_service_request_total{job="mimicry-serving", endpoint="/v1/predict"} >= 1'
     )
