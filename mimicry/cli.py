@@ -13,6 +13,7 @@ import typer
 from audit.cli import app as audit_app
 from audit.gate import make_gate_factory
 from mimicry import __version__
+from mimicry.commands.bench import app as bench_app
 from mimicry.commands.data import app as data_app
 from mimicry.commands.export import export_command
 from mimicry.commands.registry import make_app as make_registry_app
@@ -35,6 +36,7 @@ app.command("serve")(serve_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.add_typer(stack_app, name="stack")
+app.add_typer(bench_app, name="bench")
 
 
 def _version(value: bool) -> None:

@@ -212,7 +212,16 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """Epochs and batching."""
+    """Epochs and batching.
+
+    ``bn_recalibration`` ("precise BatchNorm", :func:`training.loop.recalibrate_batchnorm`): after every
+    epoch, before validation, re-estimate the BatchNorm running statistics of every classifier as the plain
+    average over one pass of the training split with the final weights. The exponential moving average
+    that training keeps lags behind weights that move fast (tiny models, Adam at lr 3e-3, a few hundred
+    steps), and GAP classifiers reading a small cue (the phantom's site marker) are thrown off by that lag:
+    eval-mode predictions collapse to one class while train-mode ones are right. No-op for models without
+    BatchNorm.
+    """
 
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -220,6 +229,7 @@ class ScheduleConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     grad_clip_norm: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     drop_last: bool = False
+    bn_recalibration: bool = True
 
 
 class LossConfig(_Strict):
