@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mimicry.dicom import XrayImage, read_dicom
+from mimicry.models.ensemble import ENSEMBLE_ARCH
 from mimicry.preprocess import Letterbox, letterbox, preprocess, unletterbox
 from mimicry.registry import ModelCard, ModelRef, Registry
 from mimicry.saliency import (
@@ -81,6 +82,11 @@ def torch_device(settings: ServeSettings) -> str:
 class ServedModel:
     """One served model version: its card, its backend, and its lazily loaded torch twin.
 
+    An ensemble (card architecture ``ensemble``) also has a second, private copy of the twin used only for
+    :meth:`member_probs` (the disagreement of every prediction): gradient methods on the shared twin
+    install hooks (captum) and run for seconds under ``Runtime.twin_limiter``; the copy keeps predictions
+    out of both.
+
     Attributes:
         requested: The reference as configured (``name``, ``name:3``, ``name@production``).
         card: The verified model card.
@@ -96,10 +102,37 @@ class ServedModel:
     twin_device: str = "cpu"
     _twin: Any = field(default=None, repr=False)
     _twin_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _members_twin: Any = field(default=None, repr=False)
+    #: Where ensemble member probabilities come from: ``twin`` (default) or ``backend`` (the graph exports
+    #: ``member_probs``; set by :func:`warm_up`).
+    members_source: str = "twin"
 
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def is_ensemble(self) -> bool:
+        """The card's architecture is :data:`mimicry.models.ensemble.ENSEMBLE_ARCH`."""
+        return self.card.architecture == ENSEMBLE_ARCH
+
+    def member_probs(self, x: np.ndarray) -> np.ndarray:
+        """Every ensemble member's softmax probabilities ``float32[N, S, K]`` for a preprocessed batch
+        ``x[N, 1, S, S]`` (``Ensemble.member_probs`` on the private twin copy, no gradients).
+
+        Raises:
+            TypeError: the model is not an ensemble.
+        """
+        with self._twin_lock:
+            if self._members_twin is None:
+                if not self.is_ensemble:
+                    raise TypeError(f"{self.card.ref} is not an ensemble")
+                self._members_twin = self.registry.load_twin(self.card.ref, device=self.twin_device)
+            twin = self._members_twin
+        device = next(twin.parameters()).device
+        with torch.inference_mode():
+            members = twin.member_probs(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device))
+        return members.permute(1, 0, 2).float().cpu().numpy()
 
     @property
     def sha256(self) -> str:
@@ -154,11 +187,17 @@ def load_served_model(registry: Registry, ref: str, settings: ServeSettings) -> 
     return ServedModel(ref, card, backend, registry, torch_device(settings))
 
 
-def warm_up(model: ServedModel) -> BackendOutput:
-    """Run one all-black input through the backend (first-call allocations happen before /readyz)."""
+def warm_up(model: ServedModel, *, members: bool = False) -> BackendOutput:
+    """Run one all-black input through the backend (first-call allocations happen before /readyz), and
+    with ``members`` (an ensemble whose graph lacks ``member_probs``) through the members' twin too."""
     size = model.card.preprocessing.size
     x = np.full((1, 1, size, size), model.card.black_level, dtype=np.float32)
-    return model.backend.infer(x)
+    out = model.backend.infer(x)
+    if out.member_probs is not None:
+        model.members_source = "backend"
+    elif members:
+        out = out.with_members(model.member_probs(x))
+    return out
 
 
 def ingest(data: bytes, settings: IngestSettings) -> XrayImage:
@@ -193,8 +232,14 @@ def prediction_record(
     *,
     member_probs: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of ``/v1/predict`` for one sample (``out`` is a batch of one)."""
+    """The JSON body of ``/v1/predict`` for one sample (``out`` is a batch of one).
+
+    ``member_probs`` (``[S, K]``) defaults to ``out.member_probs[0]`` (filled by the runtime for ensembles);
+    it feeds the ``uncertainty.disagreement`` report.
+    """
     probs = np.asarray(out.probs[0], dtype=np.float64)
+    if member_probs is None and out.member_probs is not None:
+        member_probs = out.member_probs[0]
     names = model.card.class_names
     idx = int(np.argmax(probs))
     return {
@@ -210,6 +255,8 @@ def prediction_record(
             default_threshold=settings.default_abstain_entropy,
             ood_z_threshold=settings.ood_z_threshold,
             member_probs=member_probs,
+            default_disagreement_threshold=settings.default_abstain_disagreement,
+            member_source=model.members_source,
         ),
         "instance": prepared.image.meta.to_dict(),
         "intended_use": model.card.intended_use,

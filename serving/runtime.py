@@ -9,6 +9,12 @@ concatenated along the batch axis up to ``max_batch_size``, waiting at most what
 model allows within ``max_latency_ms``; requests that would exceed the budget are dropped with a 503
 ``overloaded`` problem. Using the dispatcher directly (rather than an HTTP round trip to a batchable API)
 keeps the preprocessed tensor in memory.
+
+**Ensemble disagreement.** For an ensemble (:attr:`serving.pipeline.ServedModel.is_ensemble`) with
+``ensemble_disagreement`` on, every batch also runs the members on the torch twin
+(:meth:`~serving.pipeline.ServedModel.member_probs`) unless the backend already returned ``member_probs``;
+the cost is amortised by the same adaptive batch, and the member twin is loaded and warmed before
+``/readyz``.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ class Runtime:
             model = load_served_model(self.registry, ref, self.settings)
             if self.settings.warmup:
                 try:
-                    warm_up(model)
+                    warm_up(model, members=self.wants_members(model))
                 except BackendUnavailableError:
                     # a remote backend (Triton) that is down: serve anyway, /readyz stays 503 until it answers
                     logger.warning("%s: backend unreachable at start-up; not ready", model.card.ref)
@@ -172,14 +178,21 @@ class Runtime:
 
     # ------------------------------------------------------------------ inference
 
-    def infer_now(self, model: ServedModel, x: np.ndarray) -> BackendOutput:
-        """Run one batch on the backend synchronously (metrics recorded)."""
+    def wants_members(self, model: ServedModel) -> bool:
+        """Report the disagreement of ``model``'s sub-models (an ensemble, and the setting on)."""
+        return model.is_ensemble and self.settings.ensemble_disagreement
+
+    def infer_now(self, model: ServedModel, x: np.ndarray, *, members: bool = False) -> BackendOutput:
+        """Run one batch on the backend synchronously (metrics recorded); with ``members``, attach the
+        ensemble members' probabilities (from the backend if its graph has them, else the twin)."""
         t0 = time.perf_counter()
         out = model.backend.infer(x)
         self.metrics.inference_seconds.labels(model=model.name, backend=model.backend.name).observe(
             time.perf_counter() - t0
         )
         self.metrics.batch_size.labels(model=model.name, backend=model.backend.name).observe(x.shape[0])
+        if members and out.member_probs is None:
+            out = out.with_members(model.member_probs(x))
         return out
 
     def _dispatcher(self, model: ServedModel) -> Any:
@@ -197,7 +210,9 @@ class Runtime:
 
             async def run_batch(inputs: Sequence[np.ndarray]) -> list[BackendOutput]:
                 batch = np.concatenate(list(inputs), axis=0)
-                out = await anyio.to_thread.run_sync(self.infer_now, model, batch)
+                out = await anyio.to_thread.run_sync(
+                    lambda: self.infer_now(model, batch, members=self.wants_members(model))
+                )
                 return [out.row(i) for i in range(len(inputs))]
 
             entry = self._dispatchers[model.name] = (d, d(run_batch))

@@ -3,7 +3,7 @@
 What runs on one port (REFERENCE.md, "Stack facts"): BentoML's ``/healthz``, ``/livez``, ``/readyz``,
 ``/metrics`` and ``/docs.json``, the BentoML-native API ``POST /v1/infer`` (batchable, raw preprocessed
 tensors), and the mounted Starlette app of :mod:`serving.http` (``/v1/predict``, ``/v1/explain``,
-``/v1/models``, ``/dicomweb/studies``).
+``/v1/models``, ``/dicomweb/studies``), all of which ``/docs.json`` documents (:mod:`serving.openapi`).
 
 Start-up (once per worker): settings from the environment / YAML (:mod:`serving.settings`), pydicom's PHI-
 quoting warnings silenced, every model verified, its backend opened and warmed up; ``/readyz`` is 503 until
@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from serving.auth import BearerAuthMiddleware, RequestSizeLimitMiddleware
 from serving.http import create_app
+from serving.openapi import install_openapi
 from serving.runtime import Runtime, active_runtime, set_active_runtime
 from serving.settings import ServeSettings, load_serve_settings
 
@@ -123,3 +124,4 @@ class MimicryService:
 
 
 MimicryService.add_asgi_middleware(EdgeMiddleware)
+install_openapi(MimicryService)  # /docs.json: BentoML's spec + the mounted routes (serving/openapi.py)

@@ -86,6 +86,23 @@ class ServeSettings(BaseSettings):
         ge=0,
         description="Abstention threshold (nats) for models whose card has no 'uncertainty' section.",
     )
+    ensemble_disagreement: bool = Field(
+        True,
+        description=(
+            "For ensembles (card architecture 'ensemble'), report the disagreement between sub-models on "
+            "every prediction. The registry's ONNX graph has no per-member outputs, so the members' "
+            "probabilities come from a dedicated copy of the torch twin, run on each adaptive batch "
+            "(about one more ensemble forward per batch); False skips it (disagreement: null)."
+        ),
+    )
+    default_abstain_disagreement: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Abstention threshold (nats) on the ensemble mutual information, for ensembles whose card has "
+            "no 'uncertainty.disagreement_threshold'. None: disagreement is reported but never abstains."
+        ),
+    )
     explain_methods: list[str] | None = Field(
         None, description="Saliency methods offered by /v1/explain (None: every registered method)."
     )

@@ -24,6 +24,8 @@ __all__ = ["OnnxRuntimeBackend", "select_providers"]
 logger = logging.getLogger(__name__)
 
 _OUTPUTS = ("logits", "probs", "cam")
+#: Optional ensemble output ``[N, S, K]`` (see :mod:`serving.backends.protocol`).
+MEMBER_OUTPUT = "member_probs"
 
 
 def select_providers(device: str, available: list[str] | None = None) -> list[str]:
@@ -70,6 +72,7 @@ class OnnxRuntimeBackend:
         self._provider = used[0]
         self._input = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
+        self._fetch = list(_OUTPUTS) + ([MEMBER_OUTPUT] if MEMBER_OUTPUT in outputs else [])
         missing = [n for n in _OUTPUTS if n not in outputs]
         if missing:
             raise ModelMismatchError(f"{card.ref}: the ONNX graph lacks outputs {missing}")
@@ -88,9 +91,12 @@ class OnnxRuntimeBackend:
 
     def infer(self, x: np.ndarray) -> BackendOutput:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        logits, probs, cam = self.session.run(list(_OUTPUTS), {self._input: x})
+        logits, probs, cam, *members = self.session.run(self._fetch, {self._input: x})
         return BackendOutput(
-            np.asarray(logits, np.float32), np.asarray(probs, np.float32), np.asarray(cam, np.float32)
+            np.asarray(logits, np.float32),
+            np.asarray(probs, np.float32),
+            np.asarray(cam, np.float32),
+            np.asarray(members[0], np.float32) if members else None,
         )
 
     def is_ready(self) -> bool:

@@ -3,11 +3,15 @@
 A backend runs the registry's ONNX graph — ``image[N, 1, H, W] float32`` in, ``logits[N, K]``,
 ``probs[N, K]`` and ``cam[N, K, h, w]`` out (the in-graph Grad-CAM) — for one model version, and says which
 execution provider actually ran it (reported by ``/readyz`` details and ``mimicry_model_info``).
+
+Ensembles: a graph that also exports ``member_probs[N, S, K]`` (every sub-model's softmax, batch first)
+hands it through :attr:`BackendOutput.member_probs`; today's registry export has no such output, so the
+runtime fills it from the torch twin (:meth:`serving.pipeline.ServedModel.member_probs`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -35,25 +39,36 @@ class ModelMismatchError(BackendError):
 
 @dataclass(frozen=True)
 class BackendOutput:
-    """Outputs of one batch: ``logits[N, K]``, ``probs[N, K]``, ``cam[N, K, h, w]`` (float32)."""
+    """Outputs of one batch: ``logits[N, K]``, ``probs[N, K]``, ``cam[N, K, h, w]`` (float32), and for an
+    ensemble optionally ``member_probs[N, S, K]`` (each sub-model's probabilities; ``None`` otherwise)."""
 
     logits: np.ndarray
     probs: np.ndarray
     cam: np.ndarray
+    member_probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.probs.shape[0])
 
     def row(self, i: int) -> BackendOutput:
         """Sample ``i`` as a batch of one."""
-        return BackendOutput(self.logits[i : i + 1], self.probs[i : i + 1], self.cam[i : i + 1])
+        members = None if self.member_probs is None else self.member_probs[i : i + 1]
+        return BackendOutput(self.logits[i : i + 1], self.probs[i : i + 1], self.cam[i : i + 1], members)
+
+    def with_members(self, member_probs: np.ndarray) -> BackendOutput:
+        """A copy with ``member_probs[N, S, K]`` attached."""
+        if member_probs.ndim != 3 or member_probs.shape[0] != len(self):
+            raise ValueError(f"member_probs must be [N={len(self)}, S, K], got {member_probs.shape}")
+        return replace(self, member_probs=member_probs)
 
     @staticmethod
     def concat(parts: list[BackendOutput]) -> BackendOutput:
+        members = [p.member_probs for p in parts]
         return BackendOutput(
             np.concatenate([p.logits for p in parts]),
             np.concatenate([p.probs for p in parts]),
             np.concatenate([p.cam for p in parts]),
+            None if any(m is None for m in members) else np.concatenate(members),  # type: ignore[arg-type]
         )
 
 
