@@ -311,3 +311,13 @@ def explain(
     raw = explain_raw(model, x, target, method, **params)
     pp = postprocess if postprocess is not None else get_method(method).postprocess
     return pp(raw)
+
+
+def cam_members(model: CamClassifier) -> list[CamClassifier]:
+    """The single models whose feature layer a layer method (Grad-CAM, Guided Grad-CAM) attributes at.
+
+    An :class:`~mimicry.models.ensemble.Ensemble` has no single ``cam_layer``: its Grad-CAM is, by definition
+    (Watson et al., WACV 2023), the mean of its members' maps, so layer methods run per member and average.
+    """
+    submodels = getattr(model, "submodels", None)
+    return list(submodels) if submodels is not None else [model]

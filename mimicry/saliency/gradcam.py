@@ -25,7 +25,14 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor
 
 from mimicry.models.base import CamClassifier
-from mimicry.saliency.base import SaliencyMethod, Target, iter_chunks, register_method, resolve_target
+from mimicry.saliency.base import (
+    SaliencyMethod,
+    Target,
+    cam_members,
+    iter_chunks,
+    register_method,
+    resolve_target,
+)
 from mimicry.saliency.errors import SaliencyError
 
 __all__ = ["GradCam", "differentiable_gradcam"]
@@ -63,9 +70,15 @@ class GradCam(SaliencyMethod):
         out = []
         for sl in iter_chunks(x.shape[0], batch_size):
             if variant == "captum":
-                cam = LayerGradCam(model, model.cam_layer).attribute(
-                    x[sl], target=target[sl], relu_attributions=True
-                )
+                # An ensemble's Grad-CAM is the mean of its members' (cam_members).
+                cam = torch.stack(
+                    [
+                        LayerGradCam(m, m.cam_layer).attribute(
+                            x[sl], target=target[sl], relu_attributions=True
+                        )
+                        for m in cam_members(model)
+                    ]
+                ).mean(dim=0)
             else:
                 with torch.no_grad():
                     _, _, cams = model.forward_with_cam(x[sl])

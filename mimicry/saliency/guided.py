@@ -12,7 +12,7 @@ from captum.attr import GuidedBackprop, GuidedGradCam
 from torch import Tensor
 
 from mimicry.models.base import CamClassifier
-from mimicry.saliency.base import SaliencyMethod, grad_input, iter_chunks, register_method
+from mimicry.saliency.base import SaliencyMethod, cam_members, grad_input, iter_chunks, register_method
 from mimicry.saliency.gradients import _check_positive
 
 __all__ = ["GuidedBackpropMethod", "GuidedGradCamMethod"]
@@ -62,14 +62,19 @@ class GuidedGradCamMethod(SaliencyMethod):
         batch_size: int,
         **_: Any,
     ) -> Tensor:
-        ggc = GuidedGradCam(model, model.cam_layer)
+        members = cam_members(model)  # an ensemble: the mean of its members' maps
+        chunks = list(iter_chunks(x.shape[0], _check_positive("batch_size", batch_size)))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            return torch.cat(
-                [
-                    ggc.attribute(
-                        grad_input(x[sl]), target=target[sl], interpolate_mode=interpolate_mode
-                    ).detach()
-                    for sl in iter_chunks(x.shape[0], _check_positive("batch_size", batch_size))
-                ]
-            )
+            per_member = [
+                torch.cat(
+                    [
+                        GuidedGradCam(m, m.cam_layer)
+                        .attribute(grad_input(x[sl]), target=target[sl], interpolate_mode=interpolate_mode)
+                        .detach()
+                        for sl in chunks
+                    ]
+                )
+                for m in members
+            ]
+        return torch.stack(per_member).mean(dim=0)

@@ -104,3 +104,23 @@ def test_differentiable_gradcam_on_a_frozen_model_and_plain_input() -> None:
     with torch.no_grad():
         expected = model.forward_with_cam(x)[2][:, 1]
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5)
+
+
+def test_ensemble_gradcam_is_the_mean_of_member_maps() -> None:
+    # Watson et al. (WACV 2023): an ensemble's Grad-CAM is the mean of its sub-models' maps. Layer methods
+    # therefore run per member (an Ensemble has no single cam_layer) and must equal the in-graph mean.
+    from mimicry.models.ensemble import Ensemble
+    from mimicry.models.toy import ToyCamNet
+
+    torch.manual_seed(0)
+    ens = Ensemble([ToyCamNet(width=4), ToyCamNet(width=4), ToyCamNet(width=4)]).eval()
+    x = torch.randn(3, 1, 32, 32)
+    target = torch.tensor([0, 1, 2])
+    raw = explain_raw(ens, x, target, "gradcam")
+    members = torch.stack([explain_raw(m, x, target, "gradcam") for m in ens.submodels]).mean(0)
+    torch.testing.assert_close(raw, members, atol=1e-6, rtol=0)
+    in_graph = explain_raw(ens, x, target, "gradcam", variant="in_graph")
+    torch.testing.assert_close(raw, in_graph, atol=1e-5, rtol=0)
+    ggc = explain_raw(ens, x, target, "guided_gradcam")
+    ggc_members = torch.stack([explain_raw(m, x, target, "guided_gradcam") for m in ens.submodels]).mean(0)
+    torch.testing.assert_close(ggc, ggc_members, atol=1e-6, rtol=0)
