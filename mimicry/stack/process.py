@@ -262,15 +262,23 @@ def is_recorded_process(record: ProcessRecord) -> bool:
     """Whether ``record.pid`` is still the process the stack started: alive (not a zombie), with exactly the
     recorded command line (``/proc/PID/cmdline``) and the recorded start time."""
     _reap(record.pid)
-    try:
-        proc = psutil.Process(record.pid)
-        if not _alive(proc):
+    for attempt in range(3):
+        try:
+            proc = psutil.Process(record.pid)
+            if not _alive(proc):
+                return False
+            cmdline = tuple(proc.cmdline())
+            create_time = proc.create_time()
+        except psutil.Error:
             return False
-        cmdline = tuple(proc.cmdline())
-        create_time = proc.create_time()
-    except psutil.Error:
-        return False
-    return cmdline == record.command and abs(create_time - record.create_time) <= _CREATE_TIME_TOLERANCE_S
+        if abs(create_time - record.create_time) > _CREATE_TIME_TOLERANCE_S:
+            return False  # another process: never signal it
+        if cmdline == record.command:
+            return True
+        # Same process (same start time) but an empty or transient command line: /proc/PID/cmdline can be
+        # read mid-exec on a loaded machine. Look again before calling it foreign.
+        time.sleep(0.05 * (attempt + 1))
+    return False
 
 
 def group_members(record: ProcessRecord) -> list[int]:
