@@ -580,6 +580,8 @@ def test_same_seed_gives_identical_bytes_and_pixels_whatever_the_workers(tmp_pat
     for dcm in (tmp_path / "a").rglob("*.dcm"):
         other = tmp_path / "b" / dcm.relative_to(tmp_path / "a")
         np.testing.assert_array_equal(pydicom.dcmread(dcm).pixel_array, pydicom.dcmread(other).pixel_array)
+        # the whole file, UIDs included: a seed reproduces the dataset byte for byte
+        assert dcm.read_bytes() == other.read_bytes(), dcm.name
     generate_phantom_dataset(
         tmp_path / "c", PhantomConfig(n=8, size=64, seed=10, compressed_share=0.5, monochrome1_share=0.5)
     )

@@ -106,11 +106,16 @@ def _upsample2(small: np.ndarray) -> np.ndarray:
     """Exact 2x bilinear upsampling with pixel-centre alignment (weights 3/4, 1/4; edges replicate)."""
 
     def axis0(a: np.ndarray) -> np.ndarray:
-        prev = np.concatenate([a[:1], a[:-1]])
-        nxt = np.concatenate([a[1:], a[-1:]])
+        # Same float32 sums as 0.75 * a + 0.25 * neighbour, without concatenated neighbour copies.
+        big = np.float32(0.75) * a
         out = np.empty((2 * a.shape[0], *a.shape[1:]), dtype=np.float32)
-        out[0::2] = np.float32(0.75) * a + np.float32(0.25) * prev
-        out[1::2] = np.float32(0.75) * a + np.float32(0.25) * nxt
+        even, odd = out[0::2], out[1::2]
+        np.multiply(a[:-1], np.float32(0.25), out=even[1:])
+        np.multiply(a[:1], np.float32(0.25), out=even[:1])
+        np.multiply(a[1:], np.float32(0.25), out=odd[:-1])
+        np.multiply(a[-1:], np.float32(0.25), out=odd[-1:])
+        even += big
+        odd += big
         return out
 
     return axis0(axis0(np.asarray(small, dtype=np.float32)).T).T

@@ -18,6 +18,7 @@ them in case order.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,6 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
-    generate_uid,
 )
 
 from mimicry import __version__
@@ -92,7 +92,10 @@ def csv_line(values: Sequence[str]) -> str:
 
 
 def _uid(seed: int, index: int, kind: str) -> UID:
-    return generate_uid(prefix=None, entropy_srcs=["mimicry-phantom", str(seed), str(index), kind])
+    # ``generate_uid(prefix=None, ...)`` ignores its entropy sources (it returns a random UUID4), so the
+    # UUID-derived ``2.25.<int>`` UID is built from a hash of (seed, case, kind): same seed, same UIDs.
+    digest = hashlib.sha256(f"mimicry-phantom/{seed}/{index}/{kind}".encode()).digest()
+    return UID(f"2.25.{int.from_bytes(digest[:16], 'big')}")
 
 
 @contextmanager
