@@ -32,6 +32,8 @@ References: ``name`` (latest version), ``name:version``, ``name@alias`` — pars
 
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import errno
 import fcntl
@@ -92,6 +94,8 @@ from mimicry.registry.pbtxt import (
     read_model_config,
     render_config,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "ALIASES_FILE",
@@ -385,8 +389,14 @@ class Registry:
                     (self.version_dir(name, latest) / CARD_FILE).read_bytes()
                 )
                 created, arch = card.created_at, card.architecture
-            except (OSError, ValidationError):
-                pass
+            except (OSError, ValidationError) as exc:
+                # Still list the model (verify() reports the damage in detail); say why the columns are empty.
+                _log.warning(
+                    "%s:%d: card unreadable (%s); run `mimicry registry verify`",
+                    name,
+                    latest,
+                    type(exc).__name__,
+                )
             out.append(ModelSummary(name, versions, dict(all_aliases.get(name, {})), latest, created, arch))
         return out
 

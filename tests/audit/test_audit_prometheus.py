@@ -130,7 +130,10 @@ def test_prometheus_scrapes_watch_and_the_pushgateway(tmp_path: Path) -> None:
     prom_bin = shutil.which("prometheus")
     gw_bin = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     if prom_bin is None or gw_bin is None:
-        pytest.skip("the prometheus / prometheus-pushgateway binaries are not installed (Debian packages)")
+        # scripts/system-deps.sh (run by the README test command) installs them: missing = broken set-up.
+        pytest.fail(
+            "the prometheus / prometheus-pushgateway binaries are not installed: run scripts/system-deps.sh"
+        )
     generate_phantom_dataset(tmp_path / "ref", PhantomConfig(n=12, size=64, seed=5))
     reg = Registry(tmp_path / "registry")
     reg.publish(

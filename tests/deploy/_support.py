@@ -46,13 +46,18 @@ TRITON_METRICS = frozenset(
 
 
 def tool(name: str) -> str:
-    """Path of a command-line tool (the venv's first), or skip the test naming the missing tool."""
+    """Path of a command-line tool (the venv's first); a missing tool FAILS the test, naming it.
+
+    The README test command installs every tool these checks use (venv: hadolint, kubernetes-validate;
+    Debian: promtool via scripts/system-deps.sh; kubectl ships with the machine image), so a missing one is a
+    broken environment, never a reason to skip a check silently.
+    """
     venv = VENV_BIN / name
     if venv.is_file():
         return str(venv)
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (see docs/deploy.md, 'Offline checks')")
+        pytest.fail(f"{name} is not installed (see docs/deploy.md, 'Offline checks')")
     return found
 
 

@@ -563,3 +563,18 @@ def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert isinstance(reg.load_twin("cxr-toy"), ToyCamNet)
     assert reg.load_onnx_path("cxr-toy").is_file()
     assert reg.verify().ok
+
+
+def test_list_keeps_a_model_with_an_unreadable_card_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.registry import publish_toy
+
+    reg = Registry(tmp_path / "registry")
+    card = publish_toy(reg, name="m")
+    (reg.version_dir("m", card.version) / "card.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="mimicry.registry.store"):
+        rows = reg.list()
+    assert [r.name for r in rows] == ["m"]
+    assert rows[0].architecture is None
+    assert "card unreadable" in caplog.text
