@@ -88,7 +88,8 @@ def require_columns(
 
 
 def read_mask_png(path: Path | str, *, label: str = "mask PNG") -> np.ndarray:
-    """Read a binary mask PNG (8-bit single channel, 0 / 255 in the EGD layout) as a bool ``H x W`` array.
+    """Read a binary mask PNG (8-bit single channel, 0 / 255 in the EGD layout; 1-bit greyscale from the
+    phantom generator) as a bool ``H x W`` array.
 
     Any non-zero value is foreground. Multi-channel images (RGB/RGBA exports) count a pixel as foreground
     when any colour channel is non-zero; an alpha channel is ignored.

@@ -88,10 +88,9 @@ def read_sheet(root: Path) -> pd.DataFrame:
 
 def png(path: Path) -> np.ndarray:
     img = Image.open(path)
-    assert img.mode == "L"
-    arr = np.asarray(img)
-    assert set(np.unique(arr)) <= {0, 255}
-    return arr > 0
+    assert img.mode == "1"  # 1-bit greyscale PNG
+    assert img.convert("L").getextrema() in ((0, 0), (0, 255), (255, 255))
+    return np.asarray(img.convert("L")) > 0
 
 
 def siim_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:

@@ -271,41 +271,20 @@ def fixation_rows(plan: CasePlan, path: Scanpath, size: int, seed: int) -> list[
     bkid = np.cumsum(blink) * blink
     bkdur = np.where(blink, rng.uniform(0.08, 0.3, n), 0.0)
     bkpmin = int(rng.integers(12, 26))
+    # Python floats / ints format several times faster than numpy scalars (same text).
+    pu = (
+        0.378 + 0.004 * pupil[:, 0], 0.594 + 0.003 * pupil[:, 1], 18.2 + 0.4 * pupil[:, 2],
+        1.05 + 0.02 * pupil[:, 3], 0.637 + 0.004 * pupil[:, 4], 0.598 + 0.003 * pupil[:, 5],
+        18.4 + 0.4 * pupil[:, 6], 1.05 + 0.02 * pupil[:, 7],
+    )  # fmt: skip
+    cols = zip(
+        cnt.tolist(), time_s.tolist(), ticks.tolist(), fpogx.tolist(), fpogy.tolist(), fpogs.tolist(),
+        fpogd.tolist(), range(1, n + 1), bpogx.tolist(), bpogy.tolist(), *(c.tolist() for c in pu),
+        bkid.tolist(), bkdur.tolist(), (3.6 + 0.1 * pupil[:, 2]).tolist(), (3.7 + 0.1 * pupil[:, 6]).tolist(),
+        mag.tolist(), ang.tolist(), xo.tolist(), yo.tolist(), strict=True,
+    )  # fmt: skip
+    head = (plan.session_id, plan.media_id, plan.dicom_id)
     rows: list[str] = []
-    for i in range(n):
-        pu = pupil[i]
-        rows.append(
-            _ROW_FORMAT.format(
-                plan.session_id,
-                plan.media_id,
-                plan.dicom_id,
-                int(cnt[i]),
-                time_s[i],
-                int(ticks[i]),
-                fpogx[i],
-                fpogy[i],
-                fpogs[i],
-                fpogd[i],
-                i + 1,
-                bpogx[i],
-                bpogy[i],
-                0.378 + 0.004 * pu[0],
-                0.594 + 0.003 * pu[1],
-                18.2 + 0.4 * pu[2],
-                1.05 + 0.02 * pu[3],
-                0.637 + 0.004 * pu[4],
-                0.598 + 0.003 * pu[5],
-                18.4 + 0.4 * pu[6],
-                1.05 + 0.02 * pu[7],
-                int(bkid[i]),
-                bkdur[i],
-                bkpmin,
-                3.6 + 0.1 * pu[2],
-                3.7 + 0.1 * pu[6],
-                mag[i],
-                ang[i],
-                int(xo[i]),
-                int(yo[i]),
-            )
-        )
+    for c in cols:
+        rows.append(_ROW_FORMAT.format(*head, *c[:20], bkpmin, *c[20:]))
     return rows
