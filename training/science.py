@@ -3,7 +3,7 @@
 Issue 4, "Evidence (the science benchmark)": one command generates a phantom dataset whose burned-in site
 marker agrees with the label in train (``shortcut_corr`` 0.9) and is *reversed* in test, trains the baseline,
 the Improved UNet (``unet_egd``), a normal ensemble, the explanation ensemble (Watson et al., WACV 2023) and
-the mask-guided ActDiff and GradMask (Viviano et al.) with several seeds, optionally publishes every run to a
+the mask-guided ActDiff and GradMask (Viviano et al.) with several seeds, publishes every run to a
 registry (one replicate group per recipe: runs differ only in their seed), and writes a results table
 (``results.md`` + ``results.json``) with, per recipe, mean ± std over seeds of:
 
@@ -11,17 +11,19 @@ registry (one replicate group per recipe: runs differ only in their seed), and w
 * ``acc_no_shortcut`` — accuracy on a no-shortcut split. :class:`~mimicry.data.phantom.PhantomConfig` has no
   "marker absent" option, so this is the test split of a second phantom generated with the same seed and
   ``test_shortcut="decorrelated"`` (site drawn uniformly: agreement 1/3, nuisance cues at 0.5);
-* ``kld`` / ``nss`` — Grad-CAM (predicted class; ensembles: the mean of the members' maps, issue 4) against
-  the static EGD heatmap / fixation map of the reversed test split (MIT-benchmark conventions,
-  :mod:`audit.metrics.gaze`), with a paired t-test against the baseline on the per-image scores averaged over
-  the seeds (``kld_p_vs_baseline``, ``nss_p_vs_baseline``);
-* ``auprc`` — pixel AUPRC of the map against the phantom's finding mask (cases with a finding);
-* ``marker_mass`` — share of the map's mass inside the site-marker box (:func:`audit.metrics.mass_in_region`);
-* ``consistency`` — explanation consistency across seeds (:func:`audit.metrics.multi_model_consistency` of
-  the seeds' maps; ``None`` with fewer than two seeds).
+* ``kld`` / ``nss`` / ``auprc`` / ``marker_mass`` / ``consistency`` — the explanation columns, scored
+  from the *published* versions by the audit itself (:func:`score_explanations` runs
+  :func:`audit.runner.run_audit` with the default policy, Grad-CAM only), so ``mimicry audit run`` on the
+  benchmark's registry reproduces them: Grad-CAM of the labelled class (ensembles: the mean of the members'
+  maps) with the policy's post-processing, un-letterboxed to the image's native resolution and compared with
+  the static EGD heatmap (KLD) and the fixation map (NSS) (MIT-benchmark conventions,
+  :mod:`audit.metrics.gaze`); pixel AUPRC against the finding mask (cases with a finding); the share of the
+  map's mass in the site-marker box; and the replicate consistency (logistic-regression separability,
+  Watson et al.) of each version against the other seeds of its recipe, averaged over the seeds (``None``
+  with one seed). Paired t-tests against the baseline use the per-image KLD / NSS averaged over the seeds
+  (``kld_p_vs_baseline``, ``nss_p_vs_baseline``).
 
-All images are letterboxed to the model size exactly as training does (:mod:`training.data`); the
-reference maps (heatmap, fixations, finding mask, marker box) use the image's letterbox geometry.
+Images are letterboxed to the model size exactly as training does (:mod:`training.data`).
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ import torch
 __all__ = [
     "PRESETS",
     "RECIPES",
+    "SCORED_CHECKS",
     "BenchPreset",
     "ScienceError",
-    "evaluate_references",
     "render_markdown",
     "run_config",
     "run_science",
+    "score_explanations",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,30 +151,63 @@ def _generate(out: Path, preset: BenchPreset, test_shortcut: str) -> Path:
     return root
 
 
-def evaluate_references(root: Path, rows: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """Reference maps of the cases at master-sheet ``rows``, letterboxed to ``size``.
+SCORED_CHECKS: tuple[str, ...] = ("gaze", "localisation", "shortcut", "consistency")
+"""Audit checks the explanation columns come from (:func:`score_explanations`)."""
 
-    Returns ``fixations`` (bool ``N×S×S``), ``finding`` (bool, all False without a finding mask), ``marker``
-    (bool, the site-marker box) — each with the image's letterbox geometry (as :mod:`training.data`).
+
+def score_explanations(
+    registry: str | Path, refs: Sequence[str], reference: str | Path, *, jobs: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Score the Grad-CAM of published versions ``refs`` exactly as ``mimicry audit run`` does.
+
+    Runs :func:`audit.runner.run_audit` with the default policy (target = the labelled class, the
+    policy's post-processing, scores at the image's native resolution after un-letterboxing) and the checks
+    :data:`SCORED_CHECKS` on the ``test`` split of ``reference``, without a history database. So
+    ``mimicry audit run --registry REG --model science-<recipe>:<v> --reference REF --methods gradcam``
+    reports the same KLD, NSS, AUPRC, marker mass and consistency for each version.
+
+    Returns ``ref -> {"means": {kld, nss, auprc, marker_mass}, "per_case": {kld, nss} (arrays in sorted
+    case-key order), "consistency": float | None, "n_with_finding": int}``.
+
+    Raises:
+        ScienceError: the audit reported an error for a version (a method or check failed).
     """
-    from mimicry.data.egd import EgdDataset
-    from mimicry.preprocess import letterbox
+    from audit.policy import load_policy
+    from audit.runner import AuditConfig, run_audit
 
-    ds = EgdDataset(root)
-    n = len(rows)
-    out = {k: np.zeros((n, size, size), bool) for k in ("fixations", "finding", "marker")}
-    for i, row in enumerate(rows.tolist()):
-        sample = ds[int(row)]
-        shape = sample.image.shape
-        fit = lambda a: letterbox(np.asarray(a, np.float32), size, 0.0)[0]  # noqa: E731
-        out["fixations"][i] = fit(sample.fixation_map) > 0
-        if sample.finding_mask is not None:
-            out["finding"][i] = fit(sample.finding_mask) >= 0.5
-        if sample.info.marker_box is not None:
-            x1, x2, y1, y2 = (round(v) for v in sample.info.marker_box)
-            box = np.zeros(shape, np.float32)
-            box[max(y1, 0) : y2 + 1, max(x1, 0) : x2 + 1] = 1.0
-            out["marker"][i] = fit(box) > 0
+    config = AuditConfig(
+        registry=Path(registry),
+        models=list(refs),
+        reference=Path(reference),
+        policy=load_policy(None),
+        methods=["gradcam"],
+        checks=list(SCORED_CHECKS),
+        history_path=None,
+        jobs=jobs,
+    )
+    report = run_audit(config)
+    out: dict[str, dict[str, Any]] = {}
+    for audit in report.models:
+        if audit.errors:
+            raise ScienceError(f"auditing {audit.ref} failed: {'; '.join(audit.errors)}")
+        gaze = audit.result("gaze", "gradcam")
+        loc = audit.result("localisation", "gradcam")
+        short = audit.result("shortcut", "gradcam")
+        if gaze is None or loc is None or short is None:
+            raise ScienceError(f"the audit of {audit.ref} returned no gaze/localisation/shortcut result")
+        keys = sorted(gaze.values["kld"])
+        cons = audit.result("consistency", "gradcam")
+        out[audit.ref] = {
+            "means": {
+                "kld": gaze.summaries["kld"].mean,
+                "nss": gaze.summaries["nss"].mean,
+                "auprc": loc.summaries["auprc"].mean,
+                "marker_mass": short.summaries["marker_mass"].mean,
+            },
+            "per_case": {"kld": gaze.array("kld", keys), "nss": gaze.array("nss", keys)},
+            "consistency": cons.summaries["consistency"].mean if cons is not None else None,
+            "n_with_finding": int(loc.summaries["auprc"].n),
+        }
     return out
 
 
@@ -179,24 +215,17 @@ def evaluate_references(root: Path, rows: np.ndarray, size: int) -> dict[str, np
 
 
 @torch.no_grad()
-def _predict(recipe: Any, images: torch.Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``(predicted labels [N], Grad-CAM of the predicted class [N, h, w])``; ensembles: member-mean maps."""
-    from mimicry.saliency.base import upsample
-
+def _predict(recipe: Any, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """Predicted labels ``[N]`` (ensembles: argmax of the members' mean probabilities)."""
     models = recipe.classifiers()
     for m in models:
         m.eval()
-    labels, maps = [], []
+    labels = []
     for s in range(0, len(images), batch):
         x = images[s : s + batch]
-        outs = [m.forward_with_cam(x) for m in models]
-        probs = torch.stack([o[1] for o in outs]).mean(dim=0)
-        pred = probs.argmax(dim=1)
-        cams = torch.stack([o[2] for o in outs]).mean(dim=0)  # [N, K, h, w]
-        cam = cams[torch.arange(len(x)), pred]
-        maps.append(upsample(cam, (x.shape[-2], x.shape[-1])).numpy())
-        labels.append(pred.numpy())
-    return np.concatenate(labels), np.concatenate(maps)
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in models]).mean(dim=0)
+        labels.append(probs.argmax(dim=1).numpy())
+    return np.concatenate(labels)
 
 
 def _train_one(args: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
@@ -213,15 +242,12 @@ def _train_one(args: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
     other = prepare_data(
         parse_config({**config_map, "data": {**config_map["data"], "root": no_shortcut_root}})
     )
-    pred, maps = _predict(result.recipe, bundle.test.image)
-    pred_ns, _ = _predict(result.recipe, other.test.image)
     return {
         "run_dir": run_dir,
         "replicate_group": result.replicate_group,
-        "pred": pred,
-        "pred_no_shortcut": pred_ns,
+        "pred": _predict(result.recipe, bundle.test.image),
+        "pred_no_shortcut": _predict(result.recipe, other.test.image),
         "label_no_shortcut": other.test.label.numpy(),
-        "maps": maps.astype(np.float32),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -284,7 +310,8 @@ def run_science(
     Args:
         preset: a key of :data:`PRESETS` or a :class:`BenchPreset`.
         out: output directory (phantoms, tensor cache, ``runs/<recipe>-seed<k>``, results).
-        registry: publish every run there as ``science-<recipe>`` (replicate groups recorded per run).
+        registry: publish every run there as ``science-<recipe>`` (replicate groups recorded per run);
+            default ``out/registry``. The explanation columns are scored from the published versions.
         seeds: override the preset's seed count.
         jobs: worker processes training runs in parallel (one thread each).
         recipes: subset of :data:`RECIPES` (``baseline`` is always added: the paired tests need it).
@@ -292,7 +319,8 @@ def run_science(
     Raises:
         ScienceError: unknown preset / recipe, or ``out`` already holds results.
     """
-    from audit.metrics import auprc, kld, mass_in_region, multi_model_consistency, nss, paired_t_test
+    from audit.metrics import paired_t_test
+    from training.publish import publish_run
 
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -335,10 +363,18 @@ def run_science(
     else:
         results = [_train_one(t) for t in tasks]
 
-    refs = evaluate_references(reversed_root, bundle.test.rows.numpy(), p.model_size)
+    registry_dir = Path(registry) if registry is not None else out / "registry"
+    published: dict[str, list[str]] = {}
+    for r, task in zip(results, tasks, strict=True):
+        recipe = task[0]["recipe"]["name"]
+        cards = publish_run(r["run_dir"], registry_dir, f"science-{recipe}")
+        published.setdefault(recipe, []).extend(f"{c.name}@{c.version}" for c in cards)
+        if len(cards) != 1:  # ensembles publish as one `ensemble` model; anything else cannot be scored
+            raise ScienceError(f"run {r['run_dir']} published {len(cards)} models; expected one")
+        r["ref"] = f"{cards[0].name}:{cards[0].version}"
+    audits = score_explanations(registry_dir, [r["ref"] for r in results], reversed_root, jobs=jobs)
+
     label = bundle.test.label.numpy()
-    heat = bundle.test.heatmap[:, 0].numpy()
-    has_finding = refs["finding"].reshape(len(label), -1).any(axis=1)
     per_image: dict[str, dict[str, list[np.ndarray]]] = {}
     rows: dict[str, Any] = {}
     k = 0
@@ -347,27 +383,23 @@ def run_science(
         k += p.seeds
         scores: dict[str, list[float]] = {m: [] for m in METRICS}
         img: dict[str, list[np.ndarray]] = {"kld": [], "nss": []}
+        consistency: list[float] = []
         for r in runs:
-            maps = r["maps"]
+            ev = audits[r["ref"]]
             scores["acc_reversed"].append(float((r["pred"] == label).mean()))
             scores["acc_no_shortcut"].append(float((r["pred_no_shortcut"] == r["label_no_shortcut"]).mean()))
-            kl = np.asarray(kld(maps, heat), np.float64)
-            ns = np.asarray(nss(maps, refs["fixations"]), np.float64)
-            img["kld"].append(kl)
-            img["nss"].append(ns)
-            scores["kld"].append(float(np.nanmean(kl)))
-            scores["nss"].append(float(np.nanmean(ns)))
-            ap = np.asarray(auprc(maps[has_finding], refs["finding"][has_finding]), np.float64)
-            scores["auprc"].append(float(np.nanmean(ap)) if ap.size else math.nan)
-            scores["marker_mass"].append(float(np.nanmean(mass_in_region(maps, refs["marker"]))))
+            for m in ("kld", "nss", "auprc", "marker_mass"):
+                scores[m].append(ev["means"][m])
+            img["kld"].append(ev["per_case"]["kld"])
+            img["nss"].append(ev["per_case"]["nss"])
+            if ev["consistency"] is not None:
+                consistency.append(ev["consistency"])
         per_image[recipe] = img
-        consistency = None
-        if len(runs) >= 2:
-            consistency = _finite_or_none(multi_model_consistency([r["maps"] for r in runs]).mean_consistency)
         rows[recipe] = {
             **{m: _mean_std(scores[m]) for m in METRICS},
             "per_seed": scores,
-            "consistency": consistency,
+            "audited": [r["ref"] for r in runs],
+            "consistency": _finite_or_none(float(np.mean(consistency))) if consistency else None,
             "replicate_group": runs[0]["replicate_group"],
             "train_seconds": [round(r["seconds"], 1) for r in runs],
         }
@@ -381,15 +413,6 @@ def run_science(
             b = np.nanmean(np.stack(base[m]), axis=0)
             row[f"{m}_p_vs_baseline"] = _finite_or_none(paired_t_test(a, b).pvalue)
 
-    published: dict[str, list[str]] = {}
-    if registry is not None:
-        from training.publish import publish_run
-
-        for r, task in zip(results, tasks, strict=True):
-            recipe = task[0]["recipe"]["name"]
-            cards = publish_run(r["run_dir"], registry, f"science-{recipe}")
-            published.setdefault(recipe, []).extend(f"{c.name}@{c.version}" for c in cards)
-
     table = {
         "format": 1,
         "meta": {
@@ -397,7 +420,9 @@ def run_science(
             **{k2: v for k2, v in asdict(p).items() if k2 != "recipes"},
             "recipes": list(p.recipes),
             "n_test": len(label),
-            "n_test_with_finding": int(has_finding.sum()),
+            "n_test_with_finding": next(iter(audits.values()))["n_with_finding"],
+            "registry": str(registry_dir),
+            "audit": {"reference": str(reversed_root), "checks": list(SCORED_CHECKS), "method": "gradcam"},
             "no_shortcut_split": "test split of the same-seed phantom with test_shortcut=decorrelated",
             "seconds": time.perf_counter() - t0,
             "published": published,

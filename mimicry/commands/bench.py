@@ -30,7 +30,10 @@ def science_command(
     preset: str = typer.Option("quick", "--preset", help="quick (3 seeds, 128²) or smoke (1 seed, tiny)."),
     out: Path = typer.Option(Path("runs/science"), "--out", "-o", file_okay=False, help="Output directory."),
     registry: Path | None = typer.Option(
-        None, "--registry", file_okay=False, help="Publish every run to this registry."
+        None,
+        "--registry",
+        file_okay=False,
+        help="Publish every run to this registry (default: OUT/registry); the table is scored from it.",
     ),
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per recipe (default: preset's)."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Runs trained in parallel (one thread each)."),

@@ -133,3 +133,42 @@ def test_unknown_preset_is_a_usage_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["science", "--preset", "huge", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "unknown preset" in res.output
+
+
+def test_audit_run_on_the_benchmark_registry_reproduces_the_table(
+    smoke: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """Issue 6's evidence in miniature: ``mimicry audit run`` (CLI, history DB) gives the table's numbers."""
+    import sqlite3
+
+    from mimicry.cli import app as root_app
+
+    out, _ = smoke
+    table = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    db = tmp_path / "history.db"
+    res = CliRunner().invoke(
+        root_app,
+        [
+            "audit", "run", "--registry", table["meta"]["registry"], "--model", "all",
+            "--reference", str(out / "phantom-reversed"), "--methods", "gradcam",
+            "--checks", "gaze,localisation,shortcut", "--out", str(tmp_path / "audit"), "--history", str(db),
+        ],
+    )  # fmt: skip
+    assert res.exit_code in (0, 1), res.output  # 1 = a gate failed, which is a verdict, not an error
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "SELECT r.model, r.version, s.metric, s.mean FROM summaries s JOIN runs r ON r.id = s.run_id "
+            "WHERE s.method = 'gradcam' AND s.metric IN ('kld', 'nss', 'auprc', 'marker_mass')"
+        ).fetchall()
+    finally:
+        con.close()
+    from_history = {(m, v, metric): mean for m, v, metric, mean in rows}
+    assert len(from_history) == 4 * len(RECIPES)
+    for recipe, row in table["recipes"].items():
+        (ref,) = row["audited"]
+        name, version = ref.split(":")
+        for metric in ("kld", "nss", "auprc", "marker_mass"):
+            assert from_history[(name, int(version), metric)] == pytest.approx(
+                row["per_seed"][metric][0], rel=1e-9, abs=1e-12
+            ), (recipe, metric)
