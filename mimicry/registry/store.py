@@ -32,13 +32,12 @@ References: ``name`` (latest version), ``name:version``, ``name@alias`` — pars
 
 from __future__ import annotations
 
-import logging
-
 import contextlib
 import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
