@@ -348,6 +348,29 @@ class _Audit:
                 rows.extend((check, m, v) for m, v in parts[check]().items())
         return rows
 
+    def _merge_cases(
+        self,
+        audit: ModelAudit,
+        model_sha: str,
+        config_sha: str,
+        method: str,
+        cases: Sequence[Any],
+        cached: dict[str, Any],
+        new: dict[str, Any],
+        scores: dict[str, Any],
+        *,
+        record: bool,
+    ) -> None:
+        """Add a chunk's cached and newly computed case scores to ``scores``; record them in the history."""
+        reused = {c.key: cached[c.key] for c in cases if c.key in cached}
+        scores.update(reused)
+        scores.update(new)
+        if self.history is not None and audit.run_id is not None and record:
+            self.history.record_cases(
+                audit.run_id, model_sha256=model_sha, config_sha256=config_sha, method=method,
+                cases={**reused, **new},
+            )  # fmt: skip
+
     def baseline_rows(self, case: ReferenceCase) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         if "localisation" in self.checks and self.average_mask is not None:
@@ -494,17 +517,9 @@ class _Audit:
                         pair_maps[m].append(maps[j])
                     if chunk[j] < N_EXAMPLES:
                         self._example(audit, c, m, maps[j])
-                reused = {c.key: cached[m][c.key] for c in cases if c.key in cached[m]}
-                scores[m].update(reused)
-                scores[m].update(new)
-                if self.history is not None and audit.run_id is not None and per_case_on:
-                    self.history.record_cases(
-                        audit.run_id,
-                        model_sha256=audit.sha256,
-                        config_sha256=shas[m],
-                        method=m,
-                        cases={**reused, **new},
-                    )
+                self._merge_cases(
+                    audit, audit.sha256, shas[m], m, cases, cached[m], new, scores[m], record=per_case_on
+                )
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -844,17 +859,9 @@ class _Audit:
                 for j, c in enumerate(cases):
                     if chunk[j] < N_EXAMPLES:
                         self._example_native(audit, c, m, got[(m, j)].map)
-                reused = {c.key: cached[m][c.key] for c in cases if c.key in cached[m]}
-                scores[m].update(reused)
-                scores[m].update(new)
-                if self.history is not None and audit.run_id is not None and per_case_on:
-                    self.history.record_cases(
-                        audit.run_id,
-                        model_sha256=info.sha256,
-                        config_sha256=shas[m],
-                        method=m,
-                        cases={**reused, **new},
-                    )
+                self._merge_cases(
+                    audit, info.sha256, shas[m], m, cases, cached[m], new, scores[m], record=per_case_on
+                )
         audit.n_cases = n
         audit.results.extend(self._per_case_results(scores, baselines, failed))
         if "runtime_reproducibility" in self.checks:

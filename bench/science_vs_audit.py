@@ -42,8 +42,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True)
     args = parser.parse_args()
-    table = json.loads(args.results.read_text(encoding="utf-8"))
-    stored = _latest_summaries(args.history)
+    for path in (args.results, args.history):
+        if not path.is_file():
+            parser.error(f"{path} does not exist")
+    try:
+        table = json.loads(args.results.read_text(encoding="utf-8"))
+        stored = _latest_summaries(args.history)
+    except (ValueError, sqlite3.DatabaseError) as exc:
+        parser.error(f"cannot read the inputs: {exc}")
     recipes: dict[str, object] = {}
     worst = 0.0
     for recipe, row in table["recipes"].items():
