@@ -32,6 +32,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -280,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         "test_metrics": result.test_metrics,
         "state_sha256": _state_digest(result.recipe.modules),
     }
-    print(json.dumps(line), flush=True)
+    # One write of the whole line: ranks share stdout, and print() writes the text and the newline separately
+    # (two syscalls when stdout is unbuffered), which let two ranks' lines interleave. A single write below
+    # PIPE_BUF (4096 bytes) to a pipe is atomic.
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
     return 0
 
 
