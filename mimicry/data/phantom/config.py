@@ -42,7 +42,7 @@ __all__ = [
     "heatmap_sigma_px",
 ]
 
-GENERATOR_VERSION = "1.2.0"
+GENERATOR_VERSION = "1.3.0"
 """Bumped whenever the same seed would produce different bytes."""
 
 CLASS_NAMES: tuple[str, ...] = ("Normal", "CHF", "pneumonia")

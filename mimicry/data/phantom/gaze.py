@@ -77,6 +77,40 @@ class _Target:
     disc: tuple[float, float, float] | None = None
 
 
+_CANDIDATES = 24
+"""Uniform candidate points drawn per fixation (in one generator call for the whole scanpath)."""
+
+
+def _first_hits(targets: list[_Target], uv: np.ndarray) -> list[tuple[float, float] | None]:
+    """Rejection sampling for every fixation at once: ``uv`` (``n x 2 x k`` uniforms in ``[0, 1)``) give
+    ``k`` candidate pixels in each target's box; the first that lies in the target is taken (``None`` when
+    none does: :func:`_sample` then draws more). One mask lookup per distinct target, not per fixation.
+    """
+    n = len(targets)
+    if n == 0:
+        return []
+    bounds = np.array([(t.x0, t.x1, t.y0, t.y1) for t in targets], dtype=np.intp)
+    x0, x1, y0, y1 = (bounds[:, i : i + 1] for i in range(4))
+    xs = np.minimum(x0 + (uv[:, 0] * (x1 - x0 + 1)).astype(np.intp), x1)
+    ys = np.minimum(y0 + (uv[:, 1] * (y1 - y0 + 1)).astype(np.intp), y1)
+    ok = np.empty(xs.shape, dtype=bool)
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        groups.setdefault(id(t), []).append(i)
+    for rows in groups.values():
+        t = targets[rows[0]]
+        gx, gy = xs[rows], ys[rows]
+        hit = t.mask[gy, gx]
+        if t.disc is not None:
+            cx, cy, r = t.disc
+            hit &= (gx - cx) ** 2 + (gy - cy) ** 2 <= r * r
+        ok[rows] = hit
+    first = ok.argmax(axis=1)
+    found = ok[np.arange(n), first].tolist()
+    px, py = xs[np.arange(n), first].tolist(), ys[np.arange(n), first].tolist()
+    return [(float(a), float(b)) if f else None for a, b, f in zip(px, py, found, strict=True)]
+
+
 def _sample(rng: np.random.Generator, t: _Target, fallback: np.ndarray) -> tuple[float, float]:
     """A random pixel of the target by rejection sampling in its box; falls back to any pixel of it."""
     for _ in range(4):
@@ -170,6 +204,10 @@ def simulate_scanpath(plan: CasePlan, film: RenderedFilm, seed: int) -> Scanpath
     ys_out: list[float] = []
     aoi_out: list[str] = []
     dwell_out: list[bool] = []
+    # One generator call each for every fixation's first candidates and its jitter (most fixations need
+    # nothing more); retries draw afresh.
+    first_pts = _first_hits([t for _, t, _ in plan_aois], rng.random((len(plan_aois), 2, _CANDIDATES)))
+    first_jitter = rng.normal(0.0, jitter, (len(plan_aois), 2)).tolist()
     k = 0
     for slot in range(total):
         if slot in off_slots or k >= len(plan_aois):
@@ -179,15 +217,21 @@ def simulate_scanpath(plan: CasePlan, film: RenderedFilm, seed: int) -> Scanpath
             dwell_out.append(False)
             continue
         name, t, dwell = plan_aois[k]
-        k += 1
-        for _attempt in range(12):
-            px, py = _sample(rng, t, lungs)
-            fx = min(max(px + float(rng.normal(0.0, jitter)), 0.0), size - 1.0)
-            fy = min(max(py + float(rng.normal(0.0, jitter)), 0.0), size - 1.0)
+        for attempt in range(12):
+            if attempt == 0:
+                pt = first_pts[k]
+                px, py = pt if pt is not None else _sample(rng, t, lungs)
+                jx, jy = first_jitter[k]
+            else:
+                px, py = _sample(rng, t, lungs)
+                jx, jy = float(rng.normal(0.0, jitter)), float(rng.normal(0.0, jitter))
+            fx = min(max(px + jx, 0.0), size - 1.0)
+            fy = min(max(py + jy, 0.0), size - 1.0)
             if not (mx1 - 1 <= round(fx) <= mx2 + 1 and my1 - 1 <= round(fy) <= my2 + 1):
                 break
         else:  # pragma: no cover - markers sit outside the lungs, so a clean point is always found
             fx, fy = px, py
+        k += 1
         xs_out.append(fx)
         ys_out.append(fy)
         aoi_out.append(name)

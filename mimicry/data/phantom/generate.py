@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import ndimage
 
 from mimicry import __version__
+from mimicry.data.phantom.anatomy import mask_box
 from mimicry.data.phantom.config import (
     CLASS_NAMES,
     GENERATOR_VERSION,
@@ -131,6 +132,22 @@ class _CaseOutput:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    """Full-size bool masks of the connected components of ``mask`` (``ndimage.label``'s default
+    4-connectivity, in its raster order), labelled within the mask's box: an empty mask costs nothing."""
+    box = mask_box(mask)
+    if box is None:
+        return []
+    x1, x2, y1, y2 = box
+    labels, n_comp = ndimage.label(mask[y1 : y2 + 1, x1 : x2 + 1])
+    out = []
+    for k in range(1, n_comp + 1):
+        comp = np.zeros(mask.shape, dtype=bool)
+        comp[y1 : y2 + 1, x1 : x2 + 1] = labels == k
+        out.append(comp)
+    return out
+
+
 def _write_case(root: Path, config: PhantomConfig, plan: CasePlan) -> _CaseOutput:
     t0 = time.perf_counter()
     film = render_film(plan, config)
@@ -149,8 +166,7 @@ def _write_case(root: Path, config: PhantomConfig, plan: CasePlan) -> _CaseOutpu
     mask_dir = root / "masks" / plan.dicom_id
     mask_dir.mkdir(parents=True, exist_ok=True)
     write_png(mask_dir / "finding.png", film.finding)
-    labels, n_comp = ndimage.label(film.finding)
-    components = [labels == k for k in range(1, n_comp + 1)]
+    components = _components(film.finding)
     out = _CaseOutput(
         index=plan.index,
         master=master_sheet_row(plan, film),

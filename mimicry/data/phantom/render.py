@@ -24,6 +24,7 @@ sometimes its top); ``texture`` = fine vertical anti-scatter-grid lines.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -80,9 +81,21 @@ class RenderedFilm:
     extras: dict[str, float] = field(default_factory=dict)
 
 
+def _unit_clip(x: np.ndarray) -> np.ndarray:
+    """``x`` clipped to ``[0, 1]`` as a new float32 array (maximum / minimum: cheaper than ``np.clip``)."""
+    y = np.maximum(x, np.float32(0.0), dtype=np.float32)
+    np.minimum(y, np.float32(1.0), out=y)
+    return y
+
+
 def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+    """``3 t^2 - 2 t^3`` of ``t = clip(x, 0, 1)``, in place on one float32 temporary."""
+    t = _unit_clip(x)
+    out = t * np.float32(-2.0)
+    out += np.float32(3.0)
+    out *= t
+    out *= t
+    return out
 
 
 def _bbox_slices(box: Box | None, size: int, pad: int = 0) -> tuple[slice, slice] | None:
@@ -96,20 +109,68 @@ def _bbox_slices(box: Box | None, size: int, pad: int = 0) -> tuple[slice, slice
     return slice(y_lo, y_hi), slice(x_lo, x_hi)
 
 
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``n_out x n_in`` float32 weights of 1-D bilinear resampling with pixel-centre alignment.
+
+    Output sample ``i`` sits at source position ``(i + 0.5) * n_in / n_out - 0.5``; the two neighbours get
+    the tent weights and positions outside ``[0, n_in - 1]`` clamp to the edge (PIL's bilinear resize for
+    upscaling: its clipped kernel renormalises to the same weights).
+    """
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    j0 = np.floor(pos)
+    frac = pos - j0
+    lo = np.clip(j0, 0, n_in - 1).astype(np.intp)
+    hi = np.clip(j0 + 1, 0, n_in - 1).astype(np.intp)
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, lo), 1.0 - frac)
+    np.add.at(w, (rows, hi), frac)
+    out = w.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
 def _upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling (pixel-centre aligned) of a small float array to ``shape`` (PIL, in C)."""
-    img = Image.fromarray(np.ascontiguousarray(small, dtype=np.float32), mode="F")
-    return np.array(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+    """Bilinear upsampling (pixel-centre aligned, edges clamped) of a small float array to ``shape``.
+
+    Separable, as two small matrix products (``W_y @ small @ W_x^T``): for the few-cell noise grids this is
+    used for, far cheaper than a per-pixel resampler.
+    """
+    small = np.asarray(small, dtype=np.float32)
+    wy = _bilinear_matrix(small.shape[0], shape[0])
+    wx = _bilinear_matrix(small.shape[1], shape[1])
+    if small.shape[0] <= small.shape[1]:
+        return np.ascontiguousarray((wy @ small) @ wx.T)
+    return np.ascontiguousarray(wy @ (small @ wx.T))
 
 
 def _upsample2(small: np.ndarray) -> np.ndarray:
     """Exact 2x bilinear upsampling with pixel-centre alignment (weights 3/4, 1/4; edges replicate).
 
-    PIL's bilinear resize at scale 2 samples source position ``(i + 0.5) / 2 - 0.5``, i.e. weights 3/4 and
-    1/4, and renormalises the clipped kernel at the borders, which replicates the edge rows / columns.
+    At scale 2 output pixel ``2i`` samples source position ``i - 1/4`` and ``2i + 1`` samples ``i + 1/4``, so
+    each pass is a two-tap stencil over an edge-padded copy (the same weights as :func:`_upsample`).
     """
-    h, w = small.shape
-    return _upsample(small, (2 * h, 2 * w))
+    a = np.asarray(small, dtype=np.float32)
+    h, w = a.shape
+    q1, q3 = np.float32(0.25), np.float32(0.75)
+    pad = np.empty((h + 2, w), dtype=np.float32)
+    pad[1:-1] = a
+    pad[0] = a[0]
+    pad[-1] = a[-1]
+    mid = pad[1:-1] * q3
+    rows = np.empty((2 * h, w), dtype=np.float32)
+    np.add(mid, pad[:-2] * q1, out=rows[0::2])
+    np.add(mid, pad[2:] * q1, out=rows[1::2])
+    pad = np.empty((2 * h, w + 2), dtype=np.float32)
+    pad[:, 1:-1] = rows
+    pad[:, 0] = rows[:, 0]
+    pad[:, -1] = rows[:, -1]
+    mid = pad[:, 1:-1] * q3
+    out = np.empty((2 * h, 2 * w), dtype=np.float32)
+    np.add(mid, pad[:, :-2] * q1, out=out[:, 0::2])
+    np.add(mid, pad[:, 2:] * q1, out=out[:, 1::2])
+    return out
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int = 6) -> np.ndarray:
@@ -118,16 +179,28 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int =
 
 
 def _binomial_blur(img: np.ndarray, passes: int) -> np.ndarray:
-    """``passes`` separable [1, 2, 1] / 4 passes (sigma = 0.707 * sqrt(passes)); edges replicate."""
+    """``passes`` separable [1, 2, 1] / 4 passes (sigma = 0.707 * sqrt(passes)); edges replicate.
+
+    Each pass sums shifted views of an edge-padded copy (rows, then columns) and scales once by 1/16.
+    """
     out = np.array(img, dtype=np.float32)
+    h, w = out.shape
     for _ in range(passes):
-        for axis_view in (out, out.T):
-            h = axis_view * np.float32(2.0)
-            h[1:] += axis_view[:-1]
-            h[0] += axis_view[0]
-            h[:-1] += axis_view[1:]
-            h[-1] += axis_view[-1]
-            axis_view[...] = h * np.float32(0.25)
+        pad = np.empty((h + 2, w), dtype=np.float32)
+        pad[1:-1] = out
+        pad[0] = out[0]
+        pad[-1] = out[-1]
+        rows = pad[:-2] + pad[2:]
+        rows += out
+        rows += out
+        pad = np.empty((h, w + 2), dtype=np.float32)
+        pad[:, 1:-1] = rows
+        pad[:, 0] = rows[:, 0]
+        pad[:, -1] = rows[:, -1]
+        out = pad[:, :-2] + pad[:, 2:]
+        out += rows
+        out += rows
+        out *= np.float32(1.0 / 16.0)
     return out
 
 
@@ -163,14 +236,15 @@ def _ribs(p: dict[str, float], u: np.ndarray, v: np.ndarray, rng: np.random.Gene
     spacing = p["rib_spacing"]
     first = p["rib_first_v"]
     a = np.abs(u - np.float32(p["spine_u"]))
-    lat = np.where(u < p["spine_u"], np.float32(p["lat_u_r"]), np.float32(p["lat_u_l"])) + np.float32(0.03)
+    lat = np.full(u.shape, np.float32(p["lat_u_l"]) + np.float32(0.03), dtype=np.float32)
+    np.copyto(lat, np.float32(p["lat_u_r"]) + np.float32(0.03), where=u < p["spine_u"])
     wall = _smoothstep((lat - a) * np.float32(30.0))
     # Posterior ribs: from the spine slightly up, then curving down towards the lateral chest wall.
     phase = (v - first + p["rib_c1"] * a - p["rib_c2"] * a * a) / spacing
     k = np.floor(phase)
     x = (phase - k) * np.float32(1.0 / 0.5)
     band = (x < 1.0) & (k >= 0) & (k < 10)
-    prof = np.float32(1.0) - np.float32(0.5) * np.sin(np.float32(math.pi) * np.clip(x, 0.0, 1.0))
+    prof = np.float32(1.0) - np.float32(0.5) * np.sin(np.float32(math.pi) * _unit_clip(x))
     post = band * prof * _smoothstep((a - 0.025) * np.float32(15.0)) * wall
     # Anterior ribs: from the lateral wall medially downward; costal cartilage (medial part) is invisible.
     phase_a = (v - first - 0.17 - 0.5 * (lat - a)) / (spacing * 1.1)
@@ -191,7 +265,7 @@ def _spine(p: dict[str, float], uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
         return out
     cs = slice(int(cols[0]), int(cols[-1]) + 1)
     u, v = uu[:, cs] - np.float32(p["spine_u"]), vv[:, cs]
-    r = np.sqrt(np.clip(1.0 - (u / half) ** 2, 0.0, 1.0))
+    r = np.sqrt(_unit_clip(1.0 - (u / half) ** 2))
     period = 0.043
     ph = (v / period) % 1.0
     disc = 1.0 - 0.3 * _smoothstep(1.0 - np.abs(ph - 0.5) * 8.0)
@@ -436,17 +510,21 @@ def render_film(plan: CasePlan, config: PhantomConfig) -> RenderedFilm:
     r = uu - f32(p["spine_u"])
     hw = body_half_width(vv, p)
     body = (np.abs(r) < hw) & (vv > -0.2)
-    chord = np.sqrt(np.clip(1.0 - (r / hw) ** 2, 0.0, 1.0))
-    soft = body * (f32(0.36) + f32(0.64) * chord)
+    chord = r / hw
+    chord *= chord
+    np.subtract(f32(1.0), chord, out=chord)
+    np.maximum(chord, f32(0.0), out=chord)  # 1 - t^2 <= 1: no upper clip needed
+    np.sqrt(chord, out=chord)
+    chord *= f32(0.64)
+    chord += f32(0.36)
+    soft = chord * body
     cp_v = 0.5 * (p["cp_v_r"] + p["cp_v_l"])
     soft += f32(0.12) * _smoothstep((vv - f32(cp_v - 0.08)) * f32(6.0)) * body
     # Air in the lungs: thickest mid-lung, thinning towards apex, base and lateral edges.
     fields = (masks["lung_fields"] & ~masks["upper_mediastinum"]).astype(np.float32)
     taper = _blur(fields, 0.03 * size * anat.pose.scale)
     apex_v = p["apex_v"]
-    depth = f32(0.8) + f32(0.2) * np.sin(
-        f32(math.pi) * np.clip((vv - apex_v) / f32(cp_v - apex_v + 0.02), 0.0, 1.0)
-    )
+    depth = f32(0.8) + f32(0.2) * np.sin(f32(math.pi) * _unit_clip((vv - apex_v) / f32(cp_v - apex_v + 0.02)))
     air = f32(rng.uniform(0.62, 0.72))
     heart = masks["heart"]
     # The heart displaces the lung in front of it (its silhouette), but adds nothing below the diaphragm.
@@ -478,9 +556,15 @@ def render_film(plan: CasePlan, config: PhantomConfig) -> RenderedFilm:
     open_lung = anat.lungs().astype(np.float32)  # ribs show best over lung not behind heart/mediastinum
     if size >= 128:
         bu, bv = Pose(size // 2, anat.pose.scale, anat.pose.angle, anat.pose.tx, anat.pose.ty).grid()
-        open_lung = np.asarray(
-            Image.fromarray(open_lung, mode="F").resize((size // 2, size // 2), Image.Resampling.BOX)
-        )
+        if size % 2 == 0:  # 2 x 2 means of 0 / 1 values: exact, and what PIL's BOX resize gives
+            quarter = open_lung[0::2, 0::2] + open_lung[1::2, 0::2]
+            quarter += open_lung[0::2, 1::2]
+            quarter += open_lung[1::2, 1::2]
+            open_lung = quarter * f32(0.25)
+        else:
+            open_lung = np.asarray(
+                Image.fromarray(open_lung, mode="F").resize((size // 2, size // 2), Image.Resampling.BOX)
+            )
     else:
         bu, bv = uu, vv
     open_lung = _blur(open_lung, 1.5 * sigma_soft * bu.shape[0] / size)
@@ -503,8 +587,12 @@ def render_film(plan: CasePlan, config: PhantomConfig) -> RenderedFilm:
 
     # Detector response (exposure k), collimation, MTF blur, grid lines, noise, burned-in marker.
     k = float(rng.uniform(1.5, 1.9))
-    disp = (1.0 - np.exp(f32(-k) * np.clip(a_map, 0.0, None))) * f32(1.0 / (1.0 - math.exp(-k * 1.45)))
-    disp = np.clip(disp, 0.0, 1.0)
+    disp = np.maximum(a_map, f32(0.0))
+    disp *= f32(-k)
+    np.exp(disp, out=disp)
+    np.subtract(f32(1.0), disp, out=disp)
+    disp *= f32(1.0 / (1.0 - math.exp(-k * 1.45)))
+    disp = _unit_clip(disp)
     if plan.nuisance["border"]:
         disp = disp + f32(rng.uniform(0.12, 0.18)) * np.exp(_edge_distance(size) * f32(-1.0 / 0.03))
     if plan.nuisance["collimation"]:
@@ -515,7 +603,7 @@ def render_film(plan: CasePlan, config: PhantomConfig) -> RenderedFilm:
         outside = (centres[None, :] < inset + shift) | (centres[None, :] > 1.0 - inset + shift)
         if rng.random() < 0.5:
             outside |= (centres < inset * 0.8)[:, None]
-        disp = np.where(outside, f32(rng.uniform(0.82, 0.9)), disp)
+        np.copyto(disp, f32(rng.uniform(0.82, 0.9)), where=outside)
     disp = _blur(disp, max(0.5, 0.75 * size / 256.0))  # detector MTF
     if plan.nuisance["texture"]:
         period = max(2.2, size / 90.0)
@@ -530,7 +618,10 @@ def render_film(plan: CasePlan, config: PhantomConfig) -> RenderedFilm:
 
     lo = float(rng.uniform(40.0, 250.0))
     hi = float(rng.uniform(3600.0, 3950.0))
-    pixels = np.rint(f32(lo) + f32(hi - lo) * np.clip(disp, 0.0, 1.0)).astype(np.uint16)
+    disp = _unit_clip(disp)
+    disp *= f32(hi - lo)
+    disp += f32(lo)
+    pixels = np.rint(disp, out=disp).astype(np.uint16)
     pixels[marker] = STORED_MAX  # burned in at full scale, above anything the detector produced
     sample = pixels[::3, ::3][body[::3, ::3]]
     if sample.size < 16:

@@ -18,16 +18,24 @@ them in case order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -42,6 +50,7 @@ from mimicry.data.phantom.anatomy import Box
 from mimicry.data.phantom.config import CLASS_NAMES, NUISANCE_CUES
 from mimicry.data.phantom.plan import CHX_COLUMNS, LABEL_COLUMNS, CasePlan
 from mimicry.data.phantom.render import STORED_MAX, RenderedFilm
+from mimicry.data.siim import rle_encode  # the reader's encoder (inverse of its decoder)
 
 __all__ = [
     "BOUNDING_BOX_COLUMNS",
@@ -76,6 +85,8 @@ PRIVATE_CREATOR = "MIMICRY PHANTOM"
 """Private creator of the block (group 0x0029) that holds a synthetic name (PHI in a private tag)."""
 
 _DX_FOR_PRESENTATION = DigitalXRayImageStorageForPresentation
+_SPECIFIC_CHARACTER_SET = "ISO_IR 100"
+_CHARSET = convert_encodings(_SPECIFIC_CHARACTER_SET)
 _CODEC_LOGGERS = ("openjpeg", "pylibjpeg", "jpeg_ls", "pyjpegls", "libjpeg")
 
 
@@ -112,6 +123,55 @@ def _quiet_codec_logs() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@functools.lru_cache(maxsize=16)
+def _fixed_elements(size: int, view: str) -> dict[BaseTag, RawDataElement]:
+    """The elements every film of this size and view shares, encoded once by pydicom (Explicit VR LE).
+
+    Setting ~30 constant attributes per case and converting them again on every write was a tenth of the
+    generator's time; :func:`build_dicom` starts each dataset from a copy of this dict, and pydicom writes
+    raw elements as they are, so the files are byte-identical to setting the attributes one by one.
+    """
+    ds = Dataset()
+    ds.SpecificCharacterSet = _SPECIFIC_CHARACTER_SET
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SOPClassUID = _DX_FOR_PRESENTATION
+    ds.Modality = "DX"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "mimicry phantom generator"
+    ds.ManufacturerModelName = "PHANTOM-DX"
+    ds.SoftwareVersions = __version__
+    ds.StudyDescription = "CHEST (PA AND LAT)" if view == "PA" else "CHEST (PORTABLE AP)"
+    ds.SeriesDescription = view
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = view
+    ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left, columns to the feet
+    ds.KVP = "120" if view == "PA" else "100"
+    ds.DistanceSourceToDetector = "1800" if view == "PA" else "1000"
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.DetectorType = "SCINTILLATOR"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.BurnedInAnnotation = "NO"
+    ds.SamplesPerPixel = 1
+    ds.Rows = size
+    ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelIntensityRelationship = "LOG"
+    ds.RescaleType = "US"
+    ds.VOILUTFunction = "LINEAR"
+    ds.WindowCenterWidthExplanation = "PHANTOM FULL RANGE"
+    ds.LossyImageCompression = "00"
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    raw = read_dataset(BytesIO(buf.getvalue()), is_implicit_VR=False, is_little_endian=True)
+    # keys(), not iteration (which decodes every element); get_item returns the undecoded raw element.
+    return {tag: raw.get_item(tag) for tag in raw.keys()}  # noqa: SIM118
+
+
 def build_dicom(plan: CasePlan, film: RenderedFilm, seed: int) -> Dataset:
     """The DICOM dataset of one case (file meta included), for ``dcmwrite(..., enforce_file_format=True)``.
 
@@ -138,11 +198,11 @@ def build_dicom(plan: CasePlan, film: RenderedFilm, seed: int) -> Dataset:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"MIMICRY_{__version__}"[:16]
 
-    ds = Dataset()
+    ds = Dataset(dict(_fixed_elements(size, plan.view)))  # a copy: the case's own elements go in it
+    # The raw elements were encoded as Explicit VR Little Endian in this character set, which is how every
+    # transfer syntax used here encodes the dataset: pydicom then writes them without decoding them.
+    ds.set_original_encoding(False, True, _CHARSET)
     ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = _DX_FOR_PRESENTATION
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = plan.study_date
     ds.SeriesDate = plan.study_date
@@ -151,16 +211,9 @@ def build_dicom(plan: CasePlan, film: RenderedFilm, seed: int) -> Dataset:
     ds.SeriesTime = plan.study_time
     ds.ContentTime = plan.study_time
     ds.AccessionNumber = plan.accession
-    ds.Modality = "DX"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = "mimicry phantom generator"
-    ds.ManufacturerModelName = "PHANTOM-DX"
-    ds.SoftwareVersions = __version__
     ds.InstitutionName = plan.institution
     ds.ReferringPhysicianName = plan.referring_physician
     ds.StationName = plan.site.upper().replace("_", "-")
-    ds.StudyDescription = "CHEST (PA AND LAT)" if plan.view == "PA" else "CHEST (PORTABLE AP)"
-    ds.SeriesDescription = plan.view
     # Patient module: synthetic PHI on purpose (de-identification tests).
     ds.PatientName = plan.patient_name
     ds.PatientID = plan.patient_id
@@ -169,45 +222,23 @@ def build_dicom(plan: CasePlan, film: RenderedFilm, seed: int) -> Dataset:
     ds.PatientAge = f"{min(plan.age, 999):03d}Y"
     ds.OtherPatientIDs = f"MRN{plan.patient_id[::-1]}"
     # Acquisition.
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = plan.view
-    ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left, columns to the feet
-    ds.KVP = "120" if plan.view == "PA" else "100"
-    ds.DistanceSourceToDetector = "1800" if plan.view == "PA" else "1000"
     ds.ImagerPixelSpacing = [f"{imager_spacing:.6f}", f"{imager_spacing:.6f}"]
     ds.PixelSpacing = [f"{pixel_spacing:.6f}", f"{pixel_spacing:.6f}"]
     ds.EstimatedRadiographicMagnificationFactor = f"{plan.magnification:.4f}"
-    ds.PixelSpacingCalibrationType = "GEOMETRY"
-    ds.DetectorType = "SCINTILLATOR"
     ds.StudyInstanceUID = _uid(seed, plan.index, "study")
     ds.SeriesInstanceUID = _uid(seed, plan.index, "series")
     ds.StudyID = plan.study_id[-8:]
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.BurnedInAnnotation = "NO"
-    # Image pixel module.
-    ds.SamplesPerPixel = 1
+    # Image pixel module (the fixed part is in the template).
     ds.PhotometricInterpretation = plan.photometric
-    ds.Rows = size
-    ds.Columns = size
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelIntensityRelationship = "LOG"
     ds.PixelIntensityRelationshipSign = -1 if plan.photometric == "MONOCHROME2" else 1
     ds.RescaleIntercept = f"{intercept:g}"
     ds.RescaleSlope = f"{slope:g}"
-    ds.RescaleType = "US"
     ds.WindowCenter = f"{wc:.1f}"
     ds.WindowWidth = f"{ww:.1f}"
-    ds.VOILUTFunction = "LINEAR"
-    ds.WindowCenterWidthExplanation = "PHANTOM FULL RANGE"
-    ds.LossyImageCompression = "00"
     block = ds.private_block(0x0029, PRIVATE_CREATOR, create=True)
     block.add_new(0x10, "PN", plan.patient_name.replace("PHANTOM^", "PHANTOM^ALIAS-"))
     block.add_new(0x11, "LO", f"phantom site {plan.site}")
-    ds.PixelData = pixels.tobytes()
+    ds.add_new(0x7FE00010, "OW", pixels.tobytes())  # Pixel Data: OW for 16-bit native pixels (PS3.5 8.2)
     syntax = UID(plan.transfer_syntax)
     if syntax.is_compressed:
         with _quiet_codec_logs():
@@ -226,23 +257,6 @@ def write_png(path: Path, mask: np.ndarray) -> None:
     """
     img = Image.fromarray(np.ascontiguousarray(mask, dtype=bool))  # mode "1"
     img.save(path, format="PNG", compress_level=3)
-
-
-def rle_encode(mask: np.ndarray) -> str:
-    """SIIM relative RLE of a bool mask (column-major flattening); ``"-1"`` when empty.
-
-    Pairs are ``start length`` where each start is counted from the end of the previous run (REFERENCE.md,
-    "SIIM-ACR pneumothorax").
-    """
-    flat = np.asarray(mask, dtype=bool).ravel(order="F").astype(np.int8)
-    if not flat.any():
-        return "-1"
-    diff = np.diff(np.concatenate(([0], flat, [0])))
-    starts = np.flatnonzero(diff == 1)
-    ends = np.flatnonzero(diff == -1)
-    lengths = ends - starts
-    rel = starts - np.concatenate(([0], ends[:-1]))
-    return " ".join(f"{int(s)} {int(n)}" for s, n in zip(rel, lengths, strict=True))
 
 
 def _box_str(v: int) -> str:
