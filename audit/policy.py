@@ -45,6 +45,7 @@ ALL_CHECKS: tuple[str, ...] = (
     "gaze",
     "localisation",
     "shortcut",
+    "counterfactual",
     "faithfulness",
     "cascading_randomisation",
     "independent_randomisation",

@@ -75,6 +75,7 @@ from audit.checks import (
     subgroup_gaps,
     torch_forward,
 )
+from audit.checks.counterfactual import occlusion_result, occlusion_scores
 from audit.checks.faithfulness import faithfulness_scores
 from audit.checks.gaze import gaze_scores
 from audit.checks.localisation import baseline_map, localisation_scores
@@ -113,6 +114,7 @@ NEEDS_WEIGHTS: dict[str, str] = {
     "repeatability": "needs the model weights (black-box mode)",
     "reproducibility": "needs the model weights (black-box mode)",
     "consistency": "needs the model weights (black-box mode)",
+    "counterfactual": "needs predictions on edited images; the black-box client sends the stored DICOMs only",
 }
 #: Number of example cases kept for the report's overlays.
 N_EXAMPLES = 2
@@ -468,6 +470,7 @@ class _Audit:
         pair_maps: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
         positions = list(range(n))
         chunks = [positions[i : i + self.config.batch_size] for i in range(0, n, self.config.batch_size)]
+        occlusion_rows: list[tuple[str, str, dict[str, float]]] = []
         bar = None
         if self.config.progress:
             from tqdm import tqdm
@@ -485,6 +488,9 @@ class _Audit:
                     pair_x.append(c.x)
                     pair_t.append(t)
                     pair_keys.append(c.key)
+            if "counterfactual" in self.checks:  # method-independent: the model's predictions only
+                for c, sc in zip(cases, occlusion_scores(forward, cases, spec), strict=True):
+                    occlusion_rows.append((c.key, _class(names, c.label_index), sc))
             for m in self.methods:
                 if m in failed:
                     continue
@@ -526,6 +532,11 @@ class _Audit:
             bar.close()
         audit.n_cases = n
         audit.results.extend(self._per_case_results(scores, baselines, failed))
+        if occlusion_rows:
+            occluded = occlusion_result(occlusion_rows, bootstrap=self.bootstrap)
+            for m in self.methods:  # the same result in every method's row of the verdict table
+                if m not in failed:
+                    audit.results.append(dataclasses.replace(occluded, method=m))
         if k >= 2 and pair_x:
             self._model_level(card, twin, audit, explainers, pair_x, pair_t, pair_keys, pair_maps, failed)
         self._subgroups(audit)

@@ -9,12 +9,19 @@ baselines):
 * :func:`map_agreement` (repeatability / reproducibility vs SSIM 0.5), :func:`runtime_reproducibility`;
 * :func:`replicate_consistency` (logistic-regression separability);
 * :func:`faithfulness` (insertion / deletion AUC); :func:`shortcut_mass` (marker, outside anatomy, border);
-* :func:`subgroup_gaps` (gender, age bucket, site); :func:`compare_models` (paired tests between models).
+* :func:`subgroup_gaps` (gender, age bucket, site); :func:`compare_models` (paired tests between models);
+* :func:`marker_occlusion` (counterfactual: prediction change when the site marker is painted out).
 """
 
 from audit.checks.base import BootstrapSettings, CheckResult, MetricSummary, summarise_values
 from audit.checks.compare import Comparison, compare_models
 from audit.checks.consistency import replicate_consistency
+from audit.checks.counterfactual import (
+    COUNTERFACTUAL_METRICS,
+    marker_occlusion,
+    occlusion_result,
+    occlusion_scores,
+)
 from audit.checks.faithfulness import FAITHFULNESS_METRICS, faithfulness, faithfulness_scores
 from audit.checks.gaze import GAZE_METRICS, gaze_alignment, gaze_scores
 from audit.checks.localisation import LOCALISATION_METRICS, localisation_scores, localisation_utility
@@ -37,6 +44,7 @@ from audit.checks.similarity import (
 from audit.checks.subgroups import gap_metric, subgroup_gaps
 
 __all__ = [
+    "COUNTERFACTUAL_METRICS",
     "FAITHFULNESS_METRICS",
     "GAZE_METRICS",
     "LOCALISATION_METRICS",
@@ -59,6 +67,9 @@ __all__ = [
     "localisation_scores",
     "localisation_utility",
     "map_agreement",
+    "marker_occlusion",
+    "occlusion_result",
+    "occlusion_scores",
     "onnx_forward",
     "randomisation_stages",
     "reinitialise",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, select_autoescape
 
+from audit.checks.counterfactual import COUNTERFACTUAL_METRICS
 from audit.checks.faithfulness import FAITHFULNESS_METRICS
 from audit.checks.gaze import GAZE_METRICS
 from audit.checks.localisation import LOCALISATION_METRICS
@@ -28,6 +29,7 @@ _BOXPLOTS: tuple[tuple[str, Sequence[str]], ...] = (
     ("localisation", tuple(LOCALISATION_METRICS)),
     ("faithfulness", tuple(FAITHFULNESS_METRICS)),
     ("shortcut", tuple(SHORTCUT_METRICS)),
+    ("counterfactual", tuple(COUNTERFACTUAL_METRICS)),
     ("repeatability", ("ssim", "spearman")),
     ("reproducibility", ("ssim", "spearman")),
 )

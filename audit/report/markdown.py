@@ -20,6 +20,7 @@ KEY_SCORES: tuple[tuple[str, str], ...] = (
     ("reproducibility", "ssim"),
     ("faithfulness", "insertion_minus_deletion"),
     ("shortcut", "marker_mass"),
+    ("counterfactual", "marker_tv"),
 )
 
 

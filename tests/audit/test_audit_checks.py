@@ -15,6 +15,7 @@ from audit.checks import (
     independent_randomisation,
     localisation_utility,
     map_agreement,
+    marker_occlusion,
     randomisation_stages,
     replicate_consistency,
     runtime_reproducibility,
@@ -22,6 +23,7 @@ from audit.checks import (
     subgroup_gaps,
     torch_forward,
 )
+from audit.checks.counterfactual import occlusion_boxes, paint_out
 from audit.errors import CheckInputError
 from audit.metrics import ssim
 from audit.reference import ReferenceCase, case_key
@@ -241,3 +243,86 @@ def test_compare_models_pairs_cases_by_key() -> None:
     assert (c.check, c.method, c.metric, c.n) == ("gaze", "gradcam", "nss", 4)
     assert c.mean_difference == pytest.approx(0.75)
     assert 0 < c.t_pvalue < 1
+
+
+# ---------------------------------------------------------------- counterfactual (marker occlusion)
+
+_SPEC = PreprocessSpec(size=H)
+
+
+def _marker_case(i: int, *, with_marker: bool = True) -> ReferenceCase:
+    """A random film with a bright burned-in marker at rows 0-4, columns 27-31 (as in :func:`_case`)."""
+    base = _case(i)
+    image = base.image.copy()
+    image[0:5, 27:32] = 1.0
+    x, box = preprocess(image, _SPEC)
+    return ReferenceCase(
+        key=base.key, index=i, label_index=i % 2, groups=base.groups, image=image, x=x, letterbox=box,
+        heatmap=base.heatmap, fixation_map=base.fixation_map, finding_mask=base.finding_mask,
+        anatomy=base.anatomy, marker=base.marker if with_marker else None,
+    )  # fmt: skip
+
+
+def _two_class(logit: np.ndarray) -> np.ndarray:
+    p1 = 0.5 * (1.0 + np.tanh(0.5 * logit))  # the logistic function, without overflow
+    return np.stack([1.0 - p1, p1], axis=1)
+
+
+def _in_x(v: float) -> float:
+    return (v - _SPEC.mean) / _SPEC.std  # an image value in model-input units
+
+
+def _marker_reader(x: np.ndarray) -> np.ndarray:
+    """Class 1 when the marker corner is bright: a model that learned the shortcut."""
+    return _two_class(20.0 * (x[:, 0, 0:5, 27:32].mean(axis=(1, 2)) - _in_x(0.75)))
+
+
+def _centre_reader(x: np.ndarray) -> np.ndarray:
+    """Reads only the middle of the film: blind to the marker and to the control corner."""
+    return _two_class(20.0 * (x[:, 0, 10:22, 10:22].mean(axis=(1, 2)) - _in_x(0.5)))
+
+
+def test_painting_out_the_marker_flips_a_shortcut_model_and_not_a_blind_one() -> None:
+    cases = [_marker_case(i) for i in range(6)] + [_marker_case(6, with_marker=False)]
+    names = ("Normal", "CHF")
+    shortcut = marker_occlusion(
+        _marker_reader, cases, _SPEC, method="gradcam", class_names=names, batch_size=4
+    )
+    assert shortcut.check == "counterfactual"
+    assert shortcut.method == "gradcam"
+    flips = shortcut.array("marker_flip", [c.key for c in cases])
+    np.testing.assert_array_equal(flips[:6], np.ones(6))  # bright marker → class 1; painted out → class 0
+    assert np.isnan(flips[6])  # no marker recorded: not scored
+    assert shortcut.summaries["marker_tv"].mean > 0.9
+    assert shortcut.summaries["marker_flip"].n == 6
+    assert shortcut.summaries["control_tv"].mean == 0.0  # the mirrored corner is not what it reads
+    assert shortcut.baselines["control"] == {"marker_tv": 0.0, "marker_flip": 0.0}
+    assert shortcut.case_class[cases[1].key] == "CHF"
+
+    blind = marker_occlusion(_centre_reader, cases, _SPEC)
+    assert blind.summaries["marker_tv"].max == 0.0
+    assert blind.summaries["marker_flip"].max == 0.0
+
+
+def test_paint_out_fills_the_box_with_the_median_of_its_surroundings() -> None:
+    image = np.zeros((20, 20), np.float32)
+    image[:, 11:] = 1.0
+    image[2:5, 12:15] = 7.0  # the "marker"
+    out = paint_out(image, (2, 4, 12, 14), ring=2)
+    np.testing.assert_array_equal(
+        out[2:5, 12:15], np.ones((3, 3), np.float32)
+    )  # band is all 1 except at x 10-11
+    assert image[3, 13] == 7.0  # the input is not modified
+    np.testing.assert_array_equal(
+        np.delete(out, np.s_[12:15], axis=1), np.delete(image, np.s_[12:15], axis=1)
+    )
+
+
+def test_occlusion_boxes_grow_the_marker_and_mirror_it() -> None:
+    marker = np.zeros((10, 12), bool)
+    marker[1:3, 8:11] = True
+    assert occlusion_boxes(marker, margin=1) == ((0, 3, 7, 11), (0, 3, 0, 4))
+    assert occlusion_boxes(np.zeros((10, 12), bool)) is None
+    centred = np.zeros((10, 12), bool)
+    centred[4:6, 5:7] = True
+    assert occlusion_boxes(centred) is None  # the mirror box would overlap the marker

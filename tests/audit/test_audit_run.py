@@ -110,7 +110,12 @@ def test_run_passes_writes_reports_and_then_uses_the_cache(setup: dict[str, Path
         "faithfulness",
         "cascading_randomisation",
         "subgroups",
+        "counterfactual",
     } <= checks
+    occl = next(r for r in m["results"] if r["check"] == "counterfactual")
+    assert occl["method"] == "gradcam"
+    assert occl["summaries"]["marker_tv"]["n"] == m["n_cases"]  # every phantom case has a marker
+    assert occl["baselines"]["control"]["marker_tv"] == pytest.approx(occl["summaries"]["control_tv"]["mean"])
     html = (setup["root"] / "out1" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert not re.search(r"(src|href)=\"https?://", html)  # self-contained
