@@ -401,6 +401,34 @@ class EndpointClient:
             raise EndpointError("/v1/explain did not answer JSON") from None
         return _parse_explanation(body)
 
+    def predict(self, dicom: bytes, model: str | None = None) -> dict[str, float]:
+        """``POST /v1/predict`` with an ``application/dicom`` body: ``class name -> probability``."""
+        response = self.request(
+            "POST",
+            "/v1/predict",
+            params={"model": model} if model else {},
+            content=dicom,
+            headers={"Content-Type": "application/dicom"},
+        )
+        try:
+            body = response.json()
+            return {str(k): float(v) for k, v in body["probabilities"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EndpointError("unexpected /v1/predict answer") from None
+
+    def predict_many(
+        self, dicoms: Sequence[bytes], model: str | None = None
+    ) -> list[dict[str, float] | EndpointError]:
+        """:meth:`predict` for each DICOM, at most ``jobs`` in flight; answers or errors in order."""
+
+        def one(dicom: bytes) -> dict[str, float] | EndpointError:
+            try:
+                return self.predict(dicom, model)
+            except EndpointError as exc:
+                return exc
+
+        return list(self._pool.map(one, dicoms))
+
     def explain_many(self, requests: Sequence[ExplainRequest]) -> list[EndpointExplanation | EndpointError]:
         """Run ``requests`` with at most ``jobs`` in flight; each answer, or the :class:`EndpointError` it
         raised, in request order."""

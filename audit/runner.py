@@ -75,7 +75,13 @@ from audit.checks import (
     subgroup_gaps,
     torch_forward,
 )
-from audit.checks.counterfactual import occlusion_result, occlusion_scores
+from audit.checks.counterfactual import (
+    occlusion_boxes,
+    occlusion_result,
+    occlusion_row,
+    occlusion_scores,
+    paint_out_dicom,
+)
 from audit.checks.faithfulness import faithfulness_scores
 from audit.checks.gaze import gaze_scores
 from audit.checks.localisation import baseline_map, localisation_scores
@@ -114,7 +120,6 @@ NEEDS_WEIGHTS: dict[str, str] = {
     "repeatability": "needs the model weights (black-box mode)",
     "reproducibility": "needs the model weights (black-box mode)",
     "consistency": "needs the model weights (black-box mode)",
-    "counterfactual": "needs predictions on edited images; the black-box client sends the stored DICOMs only",
 }
 #: Number of example cases kept for the report's overlays.
 N_EXAMPLES = 2
@@ -812,6 +817,9 @@ class _Audit:
         scores: dict[str, dict[str, tuple[str, list[tuple[str, str, float]]]]] = {m: {} for m in self.methods}
         baselines: dict[str, CheckResult] = {}
         failed: set[str] = set()
+        occlusion_rows: list[tuple[str, str, dict[str, float]]] | None = (
+            [] if "counterfactual" in self.checks else None
+        )
         positions = list(range(n))
         for start in range(0, n, self.config.batch_size):
             chunk = positions[start : start + self.config.batch_size]
@@ -873,8 +881,19 @@ class _Audit:
                 self._merge_cases(
                     audit, info.sha256, shas[m], m, cases, cached[m], new, scores[m], record=per_case_on
                 )
+            if occlusion_rows is not None:
+                try:
+                    occlusion_rows.extend(self._served_occlusion(info, client, chunk, cases))
+                except EndpointRequestError as exc:  # the service refused an edited DICOM: stop the check
+                    audit.errors.append(f"counterfactual: {exc}")
+                    occlusion_rows = None
         audit.n_cases = n
         audit.results.extend(self._per_case_results(scores, baselines, failed))
+        if occlusion_rows:
+            occluded = occlusion_result(occlusion_rows, bootstrap=self.bootstrap)
+            for m in self.methods:  # the same result in every method's row, as in white-box mode
+                if m not in failed:
+                    audit.results.append(dataclasses.replace(occluded, method=m))
         if "runtime_reproducibility" in self.checks:
             twin = self._served_twin(info, registry)
             if twin is None:
@@ -884,6 +903,37 @@ class _Audit:
             else:
                 audit.results.append(self._service_reproducibility(info, client, twin[0], twin[1], k))
         self._subgroups(audit)
+
+    def _served_occlusion(
+        self,
+        info: ServedModelInfo,
+        client: EndpointClient,
+        positions: Sequence[int],
+        cases: Sequence[ReferenceCase],
+    ) -> list[tuple[str, str, dict[str, float]]]:
+        """Counterfactual rows of one chunk: each stored DICOM, and copies with the marker box / its mirror
+        painted out (:func:`audit.checks.counterfactual.paint_out_dicom`), sent to ``/v1/predict``."""
+        names = list(info.class_names)
+        nan_row = dict.fromkeys(("marker_tv", "marker_flip", "control_tv", "control_flip"), float("nan"))
+        rows: list[tuple[str, str, dict[str, float]]] = []
+        payloads: list[bytes] = []
+        scored: list[int] = []
+        for j, (pos, c) in enumerate(zip(positions, cases, strict=True)):
+            boxes = occlusion_boxes(c.marker) if c.marker is not None else None
+            rows.append((c.key, _class(names, c.label_index), nan_row))
+            if boxes is None:
+                continue
+            original = self.reference.dicom_bytes(pos)
+            payloads += [original, paint_out_dicom(original, boxes[0]), paint_out_dicom(original, boxes[1])]
+            scored.append(j)
+        answers = client.predict_many(payloads, model=info.requested)
+        for err in answers:
+            if isinstance(err, EndpointError):
+                raise err
+        for i, j in enumerate(scored):
+            probs = [np.array([a[n] for n in names], dtype=np.float64) for a in answers[3 * i : 3 * i + 3]]  # type: ignore[index]
+            rows[j] = (rows[j][0], rows[j][1], occlusion_row(*probs))
+        return rows
 
     def _service_reproducibility(
         self, info: ServedModelInfo, client: EndpointClient, card: ModelCard, twin: torch.nn.Module, k: int

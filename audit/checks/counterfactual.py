@@ -6,7 +6,8 @@ benchmark"), the box grown by ``margin`` pixels is painted over, in the native i
 ``ring``-pixel band around it (the local background), and the case is preprocessed and predicted again. As a
 control, the same-sized box mirrored to the other side of the image (same rows, so the same distance from the
 lungs and the same background) is painted over in the same way: a model that ignores the marker changes about
-as much for either, one that reads it changes far more for the marker.
+as much for either, one that reads it changes far more for the marker. In black-box mode the same edit is made to
+the stored pixel values of the DICOM (:func:`paint_out_dicom`) and the service predicts the edited files.
 
 Per case (lower is better for all four):
 
@@ -23,8 +24,10 @@ method; the runner attaches the same result to every audited method's row.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from io import BytesIO
 
 import numpy as np
+import pydicom
 
 from audit.checks.base import BootstrapSettings, CheckResult
 from audit.errors import CheckInputError
@@ -36,8 +39,10 @@ __all__ = [
     "marker_occlusion",
     "occlusion_boxes",
     "occlusion_result",
+    "occlusion_row",
     "occlusion_scores",
     "paint_out",
+    "paint_out_dicom",
 ]
 
 COUNTERFACTUAL_METRICS: dict[str, int] = {
@@ -81,8 +86,8 @@ def paint_out(image: np.ndarray, box: Box, ring: int = 3) -> np.ndarray:
     inner[y1 - oy1 : y2 - oy1 + 1, x1 - ox1 : x2 - ox1 + 1] = True
     outside = band[~inner]
     fill = float(np.median(outside)) if outside.size else float(np.median(image))
-    out = np.array(image, dtype=np.float32, copy=True)
-    out[y1 : y2 + 1, x1 : x2 + 1] = np.float32(fill)
+    out = np.array(image, dtype=np.float32 if image.dtype == np.float32 else np.float64, copy=True)
+    out[y1 : y2 + 1, x1 : x2 + 1] = fill
     return out
 
 
@@ -118,15 +123,50 @@ def occlusion_scores(
         raise CheckInputError(f"predict returned shape {p.shape} for {len(xs)} inputs")
     n = len(jobs)
     for i, (j, _, _) in enumerate(jobs):
-        orig, painted, control = p[i], p[n + i], p[2 * n + i]
-        top = int(np.argmax(orig))
-        out[j] = {
-            "marker_tv": 0.5 * float(np.abs(orig - painted).sum()),
-            "marker_flip": float(int(np.argmax(painted)) != top),
-            "control_tv": 0.5 * float(np.abs(orig - control).sum()),
-            "control_flip": float(int(np.argmax(control)) != top),
-        }
+        out[j] = occlusion_row(p[i], p[n + i], p[2 * n + i])
     return out
+
+
+def occlusion_row(original: np.ndarray, painted: np.ndarray, control: np.ndarray) -> dict[str, float]:
+    """The four per-case metrics from the class probabilities of the original, the marker-painted and the
+    control-painted image (same class order)."""
+    orig = np.asarray(original, dtype=np.float64)
+    painted = np.asarray(painted, dtype=np.float64)
+    control = np.asarray(control, dtype=np.float64)
+    top = int(np.argmax(orig))
+    return {
+        "marker_tv": 0.5 * float(np.abs(orig - painted).sum()),
+        "marker_flip": float(int(np.argmax(painted)) != top),
+        "control_tv": 0.5 * float(np.abs(orig - control).sum()),
+        "control_flip": float(int(np.argmax(control)) != top),
+    }
+
+
+def paint_out_dicom(dicom: bytes, box: Box, ring: int = 3) -> bytes:
+    """The DICOM with ``box`` of its stored pixel values painted out like :func:`paint_out` does to an image.
+
+    Black-box mode sends the edited file to the service: the pixels are decoded (any transfer syntax pydicom
+    can decode), the box filled with the median *stored* value of the band around it (the display pipeline is
+    monotonic, so this is the band's median display value too, up to the rounding of an even count), and the
+    file re-encoded uncompressed (Explicit VR Little Endian); every other element is kept.
+
+    Raises:
+        CheckInputError: the file cannot be read or decoded, or is not a single-frame greyscale image.
+    """
+    try:
+        ds = pydicom.dcmread(BytesIO(dicom))
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)  # the same image, edited: keep its identity
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom and its codecs raise many types: one typed error leaves here
+        raise CheckInputError(f"cannot decode the DICOM to edit it: {type(exc).__name__}") from None
+    if pixels.ndim != 2:
+        raise CheckInputError(f"expected one greyscale frame, got pixel shape {pixels.shape}")
+    edited = paint_out(pixels.astype(np.float64), box, ring)
+    ds.PixelData = np.rint(edited).astype(pixels.dtype).tobytes()
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def occlusion_result(

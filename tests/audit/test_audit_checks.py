@@ -23,7 +23,7 @@ from audit.checks import (
     subgroup_gaps,
     torch_forward,
 )
-from audit.checks.counterfactual import occlusion_boxes, paint_out
+from audit.checks.counterfactual import occlusion_boxes, paint_out, paint_out_dicom
 from audit.errors import CheckInputError
 from audit.metrics import ssim
 from audit.reference import ReferenceCase, case_key
@@ -326,3 +326,34 @@ def test_occlusion_boxes_grow_the_marker_and_mirror_it() -> None:
     centred = np.zeros((10, 12), bool)
     centred[4:6, 5:7] = True
     assert occlusion_boxes(centred) is None  # the mirror box would overlap the marker
+
+
+@pytest.mark.parametrize("compressed_share", [0.0, 1.0])
+def test_paint_out_dicom_edits_only_the_box_and_keeps_the_header(tmp_path, compressed_share: float) -> None:
+    import io
+
+    import pydicom
+
+    from mimicry.data.phantom import PhantomConfig, generate_phantom_dataset
+
+    root = tmp_path / "ph"
+    generate_phantom_dataset(root, PhantomConfig(n=4, size=64, seed=9, compressed_share=compressed_share))
+    path = next((root / "files").rglob("*.dcm"))
+    original = pydicom.dcmread(path)
+    box = (2, 7, 50, 58)  # y1, y2, x1, x2
+    edited = pydicom.dcmread(io.BytesIO(paint_out_dicom(path.read_bytes(), box, ring=3)))
+    before, after = original.pixel_array.astype(np.int64), edited.pixel_array.astype(np.int64)
+    inside = np.zeros(before.shape, bool)
+    inside[2:8, 50:59] = True
+    band = np.zeros(before.shape, bool)
+    band[0:11, 47:62] = True
+    np.testing.assert_array_equal(after[~inside], before[~inside])
+    assert np.unique(after[inside]).tolist() == [int(np.rint(np.median(before[band & ~inside])))]
+    assert edited.file_meta.TransferSyntaxUID.is_compressed is False
+    assert (edited.PatientID, edited.SOPInstanceUID, edited.PhotometricInterpretation) == (
+        original.PatientID,
+        original.SOPInstanceUID,
+        original.PhotometricInterpretation,
+    )
+    with pytest.raises(CheckInputError):
+        paint_out_dicom(b"not a dicom", box)
