@@ -6,8 +6,9 @@ benchmark"), the box grown by ``margin`` pixels is painted over, in the native i
 ``ring``-pixel band around it (the local background), and the case is preprocessed and predicted again. As a
 control, the same-sized box mirrored to the other side of the image (same rows, so the same distance from the
 lungs and the same background) is painted over in the same way: a model that ignores the marker changes about
-as much for either, one that reads it changes far more for the marker. In black-box mode the same edit is made to
-the stored pixel values of the DICOM (:func:`paint_out_dicom`) and the service predicts the edited files.
+as much for either, one that reads it changes far more for the marker. In black-box mode the same edit is
+made to the stored pixel values of the DICOM (:func:`paint_out_dicom`) and the service predicts the edited
+files.
 
 Per case (lower is better for all four):
 
