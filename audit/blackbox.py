@@ -51,6 +51,7 @@ __all__ = [
     "EndpointClient",
     "EndpointError",
     "EndpointExplanation",
+    "EndpointPrediction",
     "EndpointRequestError",
     "EndpointUnavailableError",
     "ExplainRequest",
@@ -210,6 +211,16 @@ class EndpointExplanation:
     target_index: int
     target_class: str
     method: str
+    model: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EndpointPrediction:
+    """A decoded ``/v1/predict`` answer: ``probabilities`` (``float64[K]``) in ``class_names`` order and the
+    ``model`` identity the endpoint reported (``{"name", "version", "sha256", "ref"}``)."""
+
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
     model: dict[str, Any]
 
 
@@ -401,8 +412,8 @@ class EndpointClient:
             raise EndpointError("/v1/explain did not answer JSON") from None
         return _parse_explanation(body)
 
-    def predict(self, dicom: bytes, model: str | None = None) -> dict[str, float]:
-        """``POST /v1/predict`` with an ``application/dicom`` body: ``class name -> probability``."""
+    def predict(self, dicom: bytes, model: str | None = None) -> EndpointPrediction:
+        """``POST /v1/predict`` with an ``application/dicom`` body."""
         response = self.request(
             "POST",
             "/v1/predict",
@@ -412,16 +423,18 @@ class EndpointClient:
         )
         try:
             body = response.json()
-            return {str(k): float(v) for k, v in body["probabilities"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise EndpointError("unexpected /v1/predict answer") from None
+            names = tuple(str(n) for n in body["class_names"])
+            probs = np.array([float(body["probabilities"][n]) for n in names], dtype=np.float64)
+            return EndpointPrediction(probabilities=probs, class_names=names, model=dict(body["model"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise EndpointError(f"unexpected /v1/predict answer: {type(exc).__name__}") from None
 
     def predict_many(
         self, dicoms: Sequence[bytes], model: str | None = None
-    ) -> list[dict[str, float] | EndpointError]:
+    ) -> list[EndpointPrediction | EndpointError]:
         """:meth:`predict` for each DICOM, at most ``jobs`` in flight; answers or errors in order."""
 
-        def one(dicom: bytes) -> dict[str, float] | EndpointError:
+        def one(dicom: bytes) -> EndpointPrediction | EndpointError:
             try:
                 return self.predict(dicom, model)
             except EndpointError as exc:

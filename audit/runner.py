@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,7 @@ from audit.checks import (
     torch_forward,
 )
 from audit.checks.counterfactual import (
+    COUNTERFACTUAL_METRICS,
     occlusion_boxes,
     occlusion_result,
     occlusion_row,
@@ -883,7 +885,7 @@ class _Audit:
                 )
             if occlusion_rows is not None:
                 try:
-                    occlusion_rows.extend(self._served_occlusion(info, client, chunk, cases))
+                    occlusion_rows.extend(self._served_occlusion(info, client, chunk, cases, audit.errors))
                 except EndpointRequestError as exc:  # the service refused an edited DICOM: stop the check
                     audit.errors.append(f"counterfactual: {exc}")
                     occlusion_rows = None
@@ -910,29 +912,45 @@ class _Audit:
         client: EndpointClient,
         positions: Sequence[int],
         cases: Sequence[ReferenceCase],
+        errors: list[str],
     ) -> list[tuple[str, str, dict[str, float]]]:
         """Counterfactual rows of one chunk: each stored DICOM, and copies with the marker box / its mirror
-        painted out (:func:`audit.checks.counterfactual.paint_out_dicom`), sent to ``/v1/predict``."""
-        names = list(info.class_names)
-        nan_row = dict.fromkeys(("marker_tv", "marker_flip", "control_tv", "control_flip"), float("nan"))
-        rows: list[tuple[str, str, dict[str, float]]] = []
+        painted out (:func:`audit.checks.counterfactual.paint_out_dicom`), sent to ``/v1/predict``.
+
+        A case whose DICOM cannot be edited keeps NaN scores and adds a message (position, not case id) to
+        ``errors``; the other cases are still scored.
+
+        Raises:
+            EndpointError: an answer failed, came from another model version (sha256), or named other classes.
+        """
+        names = tuple(info.class_names)
+        empty = dict.fromkeys(COUNTERFACTUAL_METRICS, math.nan)
+        rows = [(c.key, _class(names, c.label_index), dict(empty)) for c in cases]
         payloads: list[bytes] = []
         scored: list[int] = []
         for j, (pos, c) in enumerate(zip(positions, cases, strict=True)):
             boxes = occlusion_boxes(c.marker) if c.marker is not None else None
-            rows.append((c.key, _class(names, c.label_index), nan_row))
             if boxes is None:
                 continue
             original = self.reference.dicom_bytes(pos)
-            payloads += [original, paint_out_dicom(original, boxes[0]), paint_out_dicom(original, boxes[1])]
+            try:
+                edited = [paint_out_dicom(original, box) for box in boxes]
+            except CheckInputError as exc:
+                errors.append(f"counterfactual: reference case #{pos}: {exc}")
+                continue
+            payloads += [original, *edited]
             scored.append(j)
         answers = client.predict_many(payloads, model=info.requested)
-        for err in answers:
-            if isinstance(err, EndpointError):
-                raise err
+        for ans in answers:
+            if isinstance(ans, EndpointError):
+                raise ans
+            if ans.model.get("sha256") != info.sha256:
+                raise EndpointError("the endpoint's model changed during the audit (sha256 differs)")
+            if ans.class_names != names:
+                raise EndpointError(f"/v1/predict named classes {list(ans.class_names)}, not {list(names)}")
         for i, j in enumerate(scored):
-            probs = [np.array([a[n] for n in names], dtype=np.float64) for a in answers[3 * i : 3 * i + 3]]  # type: ignore[index]
-            rows[j] = (rows[j][0], rows[j][1], occlusion_row(*probs))
+            orig, painted, control = (a.probabilities for a in answers[3 * i : 3 * i + 3])  # type: ignore[union-attr]
+            rows[j] = (rows[j][0], rows[j][1], occlusion_row(orig, painted, control))
         return rows
 
     def _service_reproducibility(

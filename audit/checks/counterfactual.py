@@ -149,7 +149,9 @@ def paint_out_dicom(dicom: bytes, box: Box, ring: int = 3) -> bytes:
     Black-box mode sends the edited file to the service: the pixels are decoded (any transfer syntax pydicom
     can decode), the box filled with the median *stored* value of the band around it (the display pipeline is
     monotonic, so this is the band's median display value too, up to the rounding of an even count), and the
-    file re-encoded uncompressed (Explicit VR Little Endian); every other element is kept.
+    file written again: a compressed file as Explicit VR Little Endian (the edit makes its encoded pixels
+    stale), an uncompressed one in its own transfer syntax. Every other element, the SOP Instance UID
+    included, is kept.
 
     Raises:
         CheckInputError: the file cannot be read or decoded, or is not a single-frame greyscale image.

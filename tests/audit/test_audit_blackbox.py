@@ -159,6 +159,34 @@ def test_client_gives_up_with_backoff_and_does_not_retry_4xx() -> None:
     assert (err.status, err.code, calls["n"]) == (400, "unknown_method", 1)
 
 
+def test_client_predict_decodes_probabilities_in_class_order_and_refuses_bad_answers() -> None:
+    bodies = [
+        {
+            "probabilities": {"CHF": 0.2, "Normal": 0.7, "pneumonia": 0.1},
+            "class_names": ["Normal", "CHF", "pneumonia"],
+            "model": {"name": "lr", "version": 1, "sha256": "ab" * 32, "ref": "lr:1"},
+        },
+        {"probabilities": {"Normal": 1.0}, "class_names": ["Normal", "CHF"], "model": {}},  # a class missing
+        {"class_names": ["Normal"]},  # no probabilities
+    ]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=bodies[len(seen) - 1])
+
+    with EndpointClient("http://127.0.0.1:9", transport=httpx.MockTransport(handler), token="") as c:
+        ok = c.predict(b"DICM", model="lr")
+        bad = c.predict_many([b"DICM", b"DICM"])
+    assert (seen[0].url.path, dict(seen[0].url.params)) == ("/v1/predict", {"model": "lr"})
+    assert seen[0].headers["content-type"] == "application/dicom"
+    assert ok.class_names == ("Normal", "CHF", "pneumonia")
+    np.testing.assert_array_equal(ok.probabilities, [0.7, 0.2, 0.1])
+    assert ok.model["sha256"] == "ab" * 32
+    assert all(isinstance(e, EndpointError) for e in bad)
+    assert "unexpected /v1/predict answer: KeyError" in str(bad[0])
+
+
 def test_select_served() -> None:
     a = ServedModelInfo("lr", 2, "a" * 64, "lr@production", True, ("gradcam",), ("x",))
     b = ServedModelInfo("cxr", 1, "b" * 64, "cxr", False, ("gradcam",), ("x",))
