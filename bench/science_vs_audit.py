@@ -14,26 +14,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sqlite3
 from pathlib import Path
 
-METRICS = {"kld": "kld", "nss": "nss", "auprc": "auprc", "marker_mass": "marker_mass"}
+from audit.errors import HistoryError
+from audit.history import History
+
+# table column -> (audit check, metric)
+METRICS = {
+    "kld": ("gaze", "kld"),
+    "nss": ("gaze", "nss"),
+    "auprc": ("localisation", "auprc"),
+    "marker_mass": ("shortcut", "marker_mass"),
+}
 
 
-def _latest_summaries(db: Path) -> dict[tuple[str, int], dict[str, float]]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute(
-            "SELECT r.model, r.version, s.metric, s.mean FROM summaries s "
-            "JOIN runs r ON r.id = s.run_id "
-            "JOIN (SELECT model, version, MAX(id) AS id FROM runs GROUP BY model, version) last "
-            "ON last.id = r.id WHERE s.method = 'gradcam'"
-        ).fetchall()
-    finally:
-        con.close()
-    out: dict[tuple[str, int], dict[str, float]] = {}
-    for model, version, metric, mean in rows:
-        out.setdefault((model, int(version)), {})[metric] = mean
+def _latest_summaries(db: Path) -> dict[tuple[str, int], dict[tuple[str, str], float]]:
+    """``(model, version) -> {(check, metric): mean}`` of Grad-CAM in each version's latest finished run."""
+    out: dict[tuple[str, int], dict[tuple[str, str], float]] = {}
+    with History(db) as history:
+        for model, version in sorted({(r.model, r.version) for r in history.runs()}):
+            run = history.latest_finished(model, version)
+            if run is None:
+                continue
+            out[(model, version)] = {
+                (s["check"], s["metric"]): s["mean"]
+                for s in history.summaries(run.id)
+                if s["method"] == "gradcam"
+            }
     return out
 
 
@@ -48,17 +55,17 @@ def main() -> None:
     try:
         table = json.loads(args.results.read_text(encoding="utf-8"))
         stored = _latest_summaries(args.history)
-    except (ValueError, sqlite3.DatabaseError) as exc:
+    except (ValueError, HistoryError) as exc:
         parser.error(f"cannot read the inputs: {exc}")
     recipes: dict[str, object] = {}
     worst = 0.0
     for recipe, row in table["recipes"].items():
         per_metric: dict[str, object] = {}
-        for column, metric in METRICS.items():
+        for column, key in METRICS.items():
             audit_values = []
             for ref in row["audited"]:
                 name, version = ref.split(":")
-                audit_values.append(stored.get((name, int(version)), {}).get(metric, math.nan))
+                audit_values.append(stored.get((name, int(version)), {}).get(key, math.nan))
             table_values = row["per_seed"][column]
             diffs = [abs(a - b) for a, b in zip(audit_values, table_values, strict=True)]
             worst = max([worst, *[d if math.isfinite(d) else math.inf for d in diffs]])
@@ -69,7 +76,9 @@ def main() -> None:
                 "max_abs_diff_per_version": max(diffs),
             }
         cons = [
-            stored.get((ref.split(":")[0], int(ref.split(":")[1])), {}).get("consistency", math.nan)
+            stored.get((ref.split(":")[0], int(ref.split(":")[1])), {}).get(
+                ("consistency", "consistency"), math.nan
+            )
             for ref in row["audited"]
         ]
         finite = [c for c in cons if math.isfinite(c)]
