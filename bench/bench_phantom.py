@@ -41,15 +41,15 @@ from mimicry.data.phantom import PhantomConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs one generation in a fresh interpreter. With a code root, that root's ``mimicry`` package is imported
-# instead of the installed (editable) one: the editable finder is removed from ``sys.meta_path`` first.
+# Runs one generation in a fresh interpreter, importing the ``mimicry`` package of ``code_root`` (this
+# checkout or an extracted revision) whatever is installed: the editable install's finder is removed from
+# ``sys.meta_path`` and the root goes first on ``sys.path``.
 _CHILD = r"""
 import json, os, sys, tempfile, time
 from pathlib import Path
 args = json.loads(sys.argv[1])
-if args["code_root"]:
-    sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__name__", "").lower()]
-    sys.path.insert(0, args["code_root"])
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__name__", "").lower()]
+sys.path.insert(0, args["code_root"])
 import mimicry
 from mimicry.data.phantom import PhantomConfig, generate_phantom_dataset
 from mimicry.data.phantom.config import GENERATOR_VERSION
@@ -70,7 +70,7 @@ print(json.dumps({
 """
 
 
-def _child(code_root: str | None, size: int, n: int, share: float, base: str, seed: int) -> dict[str, object]:
+def _child(code_root: str, size: int, n: int, share: float, base: str, seed: int) -> dict[str, object]:
     payload = {"code_root": code_root, "size": size, "n": n, "share": share, "base": base, "seed": seed}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run(
@@ -82,9 +82,9 @@ def _child(code_root: str | None, size: int, n: int, share: float, base: str, se
         check=False,
     )
     if proc.returncode != 0:
-        raise SystemExit(f"benchmark run failed ({code_root or 'current'}):\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"benchmark run failed ({code_root}):\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = Path(code_root) / "mimicry" if code_root else REPO / "mimicry"
+    expected = Path(code_root) / "mimicry"
     if Path(result["package"]).resolve() != expected.resolve():
         raise SystemExit(f"benchmark imported {result['package']}, expected {expected}")
     return result
@@ -154,9 +154,9 @@ def main() -> None:
                     baseline: list[dict[str, object]] = []
                     for rep in range(args.repeats):
                         order = (
-                            [(None, current), (baseline_root, baseline)]
+                            [(str(REPO), current), (baseline_root, baseline)]
                             if baseline_root
-                            else [(None, current)]
+                            else [(str(REPO), current)]
                         )
                         if rep % 2 == 1:
                             order.reverse()  # alternate which goes first: drift hits both equally
