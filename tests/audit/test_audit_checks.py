@@ -357,3 +357,15 @@ def test_paint_out_dicom_edits_only_the_box_and_keeps_the_header(tmp_path, compr
     )
     with pytest.raises(CheckInputError):
         paint_out_dicom(b"not a dicom", box)
+
+
+def test_counterfactual_is_na_not_fail_on_data_without_markers() -> None:
+    from audit.policy import evaluate, load_policy
+
+    cases = [_marker_case(i, with_marker=False) for i in range(3)]  # e.g. real MIMIC-CXR: no marker recorded
+    result = marker_occlusion(_marker_reader, cases, _SPEC, method="gradcam")
+    assert result.summaries["marker_flip"].n == 0
+    (verdict,) = [
+        v for v in evaluate(load_policy(None), [result], ["gradcam"]) if v.criterion == "shortcut_occlusion"
+    ]
+    assert (verdict.status, verdict.reason) == ("N/A", "no finite value")
