@@ -1,19 +1,29 @@
 """The one preprocessing contract shared by training, export, serving and audit.
 
 A radiograph of any size (float32 HxW in [0, 1], as :func:`mimicry.dicom.read_dicom` returns it) is
-*letterboxed* to the model's square input: scaled so its longer side equals ``size`` (aspect ratio kept,
-area-averaging anti-aliasing when shrinking), centred, and padded with ``pad_value``. It is then normalised
-``(x - mean) / std``. The spec is stored in every model card so that serving reproduces training exactly.
+*letterboxed* to the model's square input: scaled so its longer side equals ``size`` (aspect ratio kept),
+centred, and padded with ``pad_value``. It is then normalised ``(x - mean) / std``. The spec is stored in
+every model card so that serving reproduces training exactly.
 
-:class:`Letterbox` records the geometry so that maps computed at model resolution (saliency) can be
-mapped back
-onto the original image grid (:func:`unletterbox`), which is where gaze heatmaps and masks live.
+**Resampling.** Shrinking (every real radiograph: 2000-3000 px to a few hundred) is an exact *area average*:
+OpenCV's ``INTER_AREA`` on the float32 image, each output pixel the mean of the source pixels it covers, with
+fractional weights at the edges (the tests check it against that definition). It costs about 1/15 of scikit-
+image's anti-aliased ``resize`` (Gaussian pre-filter + bilinear), which earlier versions used; on a film-like
+2500x2048 image the two differ by 0.001 on average and 0.007 at the 99th percentile, up to 0.11 on hard edges
+(display units [0, 1]; divide by the spec's ``std`` for model units), which is the stated tolerance of this
+contract change (``tests/core/test_preprocess.py``). Pillow's ``BOX`` filter is not used: for non-integer
+ratios it rounds each output pixel's support to whole source pixels (0.03-0.16 from the exact average).
+Enlarging (small test images) stays bilinear (scikit-image ``order=1``, edge mode).
+
+:class:`Letterbox` records the geometry so that maps computed at model resolution (saliency) can be mapped
+back onto the original image grid (:func:`unletterbox`), which is where gaze heatmaps and masks live.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, Field
 from skimage.transform import resize
@@ -54,15 +64,20 @@ def letterbox(image: np.ndarray, size: int, pad_value: float = 0.0) -> tuple[np.
     box = Letterbox.fit(image.shape, size)
     if box.scaled_shape == image.shape:
         scaled = image.astype(np.float32, copy=False)
+    elif box.scaled_shape[0] <= image.shape[0] and box.scaled_shape[1] <= image.shape[1]:
+        scaled = area_downscale(image, box.scaled_shape)
     else:
-        shrinking = box.scaled_shape[0] < image.shape[0]
-        scaled = resize(
-            image, box.scaled_shape, order=1, mode="edge", anti_aliasing=shrinking, preserve_range=True
-        ).astype(np.float32)
+        scaled = resize(image, box.scaled_shape, order=1, mode="edge", preserve_range=True).astype(np.float32)
     out = np.full((size, size), pad_value, dtype=np.float32)
     top, left = box.offset
     out[top : top + box.scaled_shape[0], left : left + box.scaled_shape[1]] = scaled
     return out, box
+
+
+def area_downscale(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area-average ``image`` (HxW) down to ``shape`` = (rows, columns): OpenCV ``INTER_AREA`` on float32."""
+    src = np.ascontiguousarray(image, dtype=np.float32)
+    return cv2.resize(src, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA)
 
 
 def unletterbox(map_: np.ndarray, box: Letterbox, order: int = 1) -> np.ndarray:
@@ -84,8 +99,12 @@ def unletterbox(map_: np.ndarray, box: Letterbox, order: int = 1) -> np.ndarray:
 def preprocess(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Letterbox]:
     """Image (HxW, [0, 1]) → model input ``float32[1, size, size]`` and its letterbox geometry."""
     boxed, box = letterbox(image, spec.size, spec.pad_value)
-    x = (boxed - np.float32(spec.mean)) / np.float32(spec.std)
-    return x[None].astype(np.float32, copy=False), box
+    return normalise(boxed, spec)[None], box
+
+
+def normalise(boxed: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A letterboxed image (display units) → ``(x - mean) / std`` as float32, same shape."""
+    return ((boxed - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32, copy=False)
 
 
 def preprocess_batch(images: list[np.ndarray], spec: PreprocessSpec) -> tuple[np.ndarray, list[Letterbox]]:

@@ -23,7 +23,7 @@ import torch
 
 from mimicry.dicom import XrayImage, read_dicom
 from mimicry.models.ensemble import ENSEMBLE_ARCH
-from mimicry.preprocess import Letterbox, letterbox, preprocess, unletterbox
+from mimicry.preprocess import Letterbox, letterbox, normalise, unletterbox
 from mimicry.registry import ModelCard, ModelRef, Registry
 from mimicry.saliency import (
     PostProcess,
@@ -219,9 +219,9 @@ class PreparedInput:
 def prepare(image: XrayImage, card: ModelCard) -> PreparedInput:
     """Apply the card's preprocessing (letterbox + normalisation) to one image."""
     spec = card.preprocessing
-    x, box = preprocess(image.pixels, spec)
-    boxed, _ = letterbox(image.pixels, spec.size, spec.pad_value)
-    return PreparedInput(x[None], box, image_statistic(boxed), image)
+    boxed, box = letterbox(image.pixels, spec.size, spec.pad_value)  # the one resize of the request
+    x = normalise(boxed, spec)
+    return PreparedInput(x[None, None], box, image_statistic(boxed), image)
 
 
 def prediction_record(
