@@ -200,9 +200,19 @@ def warm_up(model: ServedModel, *, members: bool = False) -> BackendOutput:
     return out
 
 
-def ingest(data: bytes, settings: IngestSettings) -> XrayImage:
-    """DICOM bytes → :class:`~mimicry.dicom.XrayImage` (raises a typed ``DicomIngestError``)."""
-    return read_dicom(data, settings=settings)
+def ingest(data: bytes, settings: IngestSettings, *, min_side: int | None = None) -> XrayImage:
+    """DICOM bytes → :class:`~mimicry.dicom.XrayImage` (raises a typed ``DicomIngestError``).
+
+    ``min_side``: see :func:`mimicry.dicom.read_dicom`; :func:`decode_side` gives the value for a model when
+    only a prediction is needed (a JPEG 2000 film is then decoded at a reduced resolution level).
+    """
+    return read_dicom(data, settings=settings, min_side=min_side)
+
+
+def decode_side(card: ModelCard) -> int:
+    """The longer side a film must keep for ``card``'s model: twice its input side, so that the letterbox
+    still area-averages (at least 2x2 source pixels per model pixel) after a reduced JPEG 2000 decode."""
+    return 2 * int(card.preprocessing.size)
 
 
 @dataclass(frozen=True)

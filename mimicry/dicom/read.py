@@ -87,7 +87,9 @@ _INFLATE_CHUNK = 2**20
 # Compressed syntaxes whose codestream header states the image size, checked against Rows/Columns before
 # decoding (a header claiming a far larger image than Rows x Columns would make the codec allocate it).
 _JPEG_FAMILY = frozenset(JPEGTransferSyntaxes) | frozenset(JPEGLSTransferSyntaxes)
-_J2K_FAMILY = frozenset(JPEG2000TransferSyntaxes)
+_J2K_FAMILY = frozenset(JPEG2000TransferSyntaxes)  # JPEG 2000 Part 1 and 2 and HTJ2K (Part 15)
+# JPEG 2000 allows at most 32 decomposition levels; encoders use 5-6.
+_MAX_REDUCE = 32
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = frozenset(
     {
@@ -166,19 +168,37 @@ class XrayImage:
             1 = white, after the display pipeline of :func:`read_dicom`. The array is a fresh array owned by
             the caller.
         meta: The PHI-free :class:`SafeMetadata` of the image.
+        level: Resolution level of ``pixels``: 0 = full resolution (``(rows, columns)``); ``r > 0`` = a
+            JPEG 2000 image decoded ``r`` wavelet levels down, ``(ceil(rows / 2**r), ceil(columns / 2**r))``
+            (see ``min_side`` of :func:`read_dicom`).
     """
 
     pixels: np.ndarray = field(repr=False)
     meta: SafeMetadata
+    level: int = 0
 
     def __post_init__(self) -> None:
         px = self.pixels
         if not isinstance(px, np.ndarray) or px.dtype != np.float32 or px.ndim != 2:
             raise ValueError("XrayImage.pixels must be a 2-D float32 numpy array")
-        if px.shape != (self.meta.rows, self.meta.columns):
+        if px.shape != reduced_shape((self.meta.rows, self.meta.columns), self.level):
             raise ValueError(
-                f"XrayImage.pixels has shape {px.shape}, metadata says {(self.meta.rows, self.meta.columns)}"
+                f"XrayImage.pixels has shape {px.shape}, metadata says {(self.meta.rows, self.meta.columns)} "
+                f"at resolution level {self.level}"
             )
+
+
+def reduced_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
+    """Shape of a JPEG 2000 image decoded ``level`` resolution levels down (ITU-T T.800 B.5, offset 0)."""
+    return (-(-int(shape[0]) // 2**level), -(-int(shape[1]) // 2**level))
+
+
+def resolution_level(shape: tuple[int, int], min_side: int) -> int:
+    """The coarsest resolution level whose longer side is still at least ``min_side`` pixels (0 if none)."""
+    level = 0
+    while max(reduced_shape(shape, level + 1)) >= min_side and level < _MAX_REDUCE:
+        level += 1
+    return level
 
 
 def hash_uid(uid: str, salt: str) -> str:
@@ -197,7 +217,9 @@ def _default_settings() -> IngestSettings:
     return IngestSettings()
 
 
-def read_dicom(src: DicomSource, *, settings: IngestSettings | None = None) -> XrayImage:
+def read_dicom(
+    src: DicomSource, *, settings: IngestSettings | None = None, min_side: int | None = None
+) -> XrayImage:
     """Read, validate and decode one single-frame grayscale DICOM image.
 
     Args:
@@ -205,10 +227,17 @@ def read_dicom(src: DicomSource, *, settings: IngestSettings | None = None) -> X
             ``os.PathLike``), or a binary file object (read from its current position to the end).
         settings: What to accept (modality allow-list, pixel budget, UID-hash salt). Defaults to
             ``IngestSettings()`` created once per process.
+        min_side: The caller needs the image only with its longer side at least this many pixels (e.g.
+            twice the model's input side, ahead of an area-averaging downscale). A JPEG 2000 / HTJ2K image
+            with unsigned pixels is then decoded at the coarsest resolution level of its wavelet pyramid
+            whose longer side is still ``>= min_side`` (OpenJPEG's *reduce* option, through Pillow's JPEG
+            2000 plugin): a fraction of the cost of a full decode, since the finer sub-bands are never
+            synthesised. ``XrayImage.level`` records the level; every other syntax (and a stream with
+            fewer decomposition levels) decodes in full. ``None``: always full resolution.
 
     Returns:
-        The :class:`XrayImage`: ``float32`` pixels in ``[0, 1]`` of shape ``(Rows, Columns)`` plus
-        :class:`SafeMetadata`.
+        The :class:`XrayImage`: ``float32`` pixels in ``[0, 1]`` of shape ``(Rows, Columns)`` (reduced as
+        ``min_side`` allows) plus :class:`SafeMetadata`.
 
     Raises:
         DicomIngestError: Always one of its subclasses (see :mod:`mimicry.dicom.errors`), never another
@@ -283,7 +312,7 @@ def read_dicom(src: DicomSource, *, settings: IngestSettings | None = None) -> X
     """
     settings = settings if settings is not None else _default_settings()
     try:
-        image = _read(src, settings)
+        image = _read(src, settings, min_side)
     except DicomIngestError as exc:
         logger.info("DICOM input refused: code=%s", exc.code)
         raise
@@ -308,7 +337,7 @@ def read_dicom(src: DicomSource, *, settings: IngestSettings | None = None) -> X
 # --------------------------------------------------------------------------------------------- reading
 
 
-def _read(src: DicomSource, settings: IngestSettings) -> XrayImage:
+def _read(src: DicomSource, settings: IngestSettings, min_side: int | None = None) -> XrayImage:
     data = _load_bytes(src)
     ds = _parse(data, settings)
     ts = _transfer_syntax(ds)
@@ -317,7 +346,13 @@ def _read(src: DicomSource, settings: IngestSettings) -> XrayImage:
     rows, columns = _check_size(ds, settings)
     bits_stored, pixel_representation, photometric = _check_pixel_module(ds)
     _check_decodable(ds, ts)
-    arr = _decode(ds, rows, columns)
+    level = 0
+    if min_side is not None and ts in _J2K_FAMILY and pixel_representation == 0:
+        level = resolution_level((rows, columns), int(min_side))
+    arr = _decode_reduced(ds, rows, columns, level) if level else None
+    if arr is None:
+        level = 0
+        arr = _decode(ds, rows, columns)
     pixels = _display(arr, ds, bits_stored, pixel_representation, photometric)
     meta = SafeMetadata(
         modality=modality,
@@ -331,7 +366,7 @@ def _read(src: DicomSource, settings: IngestSettings) -> XrayImage:
         transfer_syntax_name=ts.name,
         sop_instance_uid_hash=_sop_hash(ds, settings),
     )
-    return XrayImage(pixels=pixels, meta=meta)
+    return XrayImage(pixels=pixels, meta=meta, level=level)
 
 
 def _load_bytes(src: DicomSource) -> bytes:
@@ -636,6 +671,39 @@ def _decode(ds: Dataset, rows: int, columns: int) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
         raise InvalidGeometryError(f"The decoded pixel data has a non-integer type ({arr.dtype}).")
     return arr
+
+
+def _decode_reduced(ds: Dataset, rows: int, columns: int, level: int) -> np.ndarray | None:
+    """Decode a JPEG 2000 frame ``level`` resolution levels down, or ``None`` to fall back to a full decode.
+
+    Pillow's JPEG 2000 plugin (OpenJPEG) returns unsigned data of more than 8 bits as ``I;16`` with the
+    sample values scaled up to 16 bits (shifted left by ``16 - precision``); the shift is undone so the
+    stored values are those a full decode gives, averaged by the wavelet low-pass. Any failure (a stream
+    with fewer decomposition levels than ``level``, an unexpected mode) falls back to the full decode,
+    which reports real errors.
+    """
+    try:
+        import openjpeg
+        from PIL import Image
+
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        precision = int(openjpeg.get_parameters(frame)["precision"])
+        with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as im:
+            im.reduce = level
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except Exception:  # any codec failure: decode in full instead (which types the error)
+        return None
+    if arr.shape != reduced_shape((rows, columns), level):
+        return None
+    bits_allocated = int(ds.BitsAllocated)
+    if mode == "L" and bits_allocated == 8:
+        return arr.astype(np.uint8, copy=False)
+    if mode == "I;16" and bits_allocated == 16:
+        shift = 16 - precision
+        return (arr.astype(np.uint16) >> shift) if shift > 0 else arr.astype(np.uint16, copy=False)
+    return None
 
 
 # ------------------------------------------------------------------------------------ display pipeline
