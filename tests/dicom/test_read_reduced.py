@@ -94,3 +94,49 @@ def test_min_side_larger_than_the_image_decodes_in_full(film: bytes) -> None:
     image = read_dicom(film, min_side=5000)
     assert image.level == 0
     assert image.pixels.shape == (1600, 1280)
+
+
+def _htj2k_film(rows: int, columns: int) -> tuple[bytes, np.ndarray]:
+    """A 16-bit DX film encoded as HTJ2K lossless (ITU-T T.814) by OpenJPH through imagecodecs."""
+    import io
+
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLossless
+
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    stored = (20000 + 15000 * np.sin(yy / 97.0) * np.cos(xx / 71.0) + rng.normal(0, 50, yy.shape)).astype(
+        np.uint16
+    )
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(stored, reversible=True)])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), stored
+
+
+def test_htj2k_films_are_read_exactly_and_can_be_reduced() -> None:
+    data, stored = _htj2k_film(1024, 900)
+    full = read_dicom(data)
+    assert full.meta.transfer_syntax_uid == "1.2.840.10008.1.2.4.201"
+    # lossless and no VOI: the display value is stored / (2^16 - 1)
+    np.testing.assert_allclose(full.pixels, stored / 65535.0, atol=1e-6)
+    reduced = read_dicom(data, min_side=448)
+    assert reduced.level == 1
+    a, _ = letterbox(full.pixels, 224)
+    b, _ = letterbox(reduced.pixels, 224)
+    assert np.abs(a - b).mean() < 0.002
