@@ -27,8 +27,9 @@ def _bench():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallbacks")
 def test_without_cuda_every_backend_reports_what_it_used(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    args = "--device auto --arch densenet_tiny --batch 2 --size 32 --iters 1 --film 64x48".split()
-    report = _bench().main([*args, "--out", str(out)])
+    flags = {"--device": "auto", "--arch": "densenet_tiny", "--batch": "2", "--size": "32", "--iters": "1"}
+    flags |= {"--film": "64x48", "--out": str(out)}
+    report = _bench().main([item for pair in flags.items() for item in pair])
     assert out.is_file()
     assert report["cuda_available"] is False
     assert report["device"] == "cpu"
