@@ -25,9 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "ingress-tls")
+#: Overlays that run Triton on GPUs (ingress-tls is the gpu overlay plus an Ingress).
+GPU_OVERLAYS = ("gpu", "ingress-tls")
 #: Test ids of the overlays (a bare "gpu" id would be read as the `gpu` marker by tests/conftest.py).
-OVERLAY_IDS = ("overlay-cpu", "overlay-gpu")
+OVERLAY_IDS = tuple(f"overlay-{o}" for o in OVERLAYS)
 VENV_BIN = ROOT / ".venv" / "bin"
 
 #: Series every Prometheus / Pushgateway exposes without any code of ours.
