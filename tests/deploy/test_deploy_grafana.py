@@ -1,4 +1,4 @@
-"""The Grafana dashboard (issue 7): it parses, is laid out on Grafana's 24-column grid, queries the
+"""The Grafana dashboard (docs/deploy.md): it parses, is laid out on Grafana's 24-column grid, queries the
 Prometheus datasource variable, and references only metrics that the code exports."""
 
 from __future__ import annotations

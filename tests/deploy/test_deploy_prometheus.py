@@ -1,5 +1,5 @@
-"""Prometheus rules and configuration (issue 7): ``promtool check rules|config``, ``promtool test rules``,
-the PrometheusRule twin, the required alerts, and metric names that exist in the code."""
+"""Prometheus rules and configuration (docs/deploy.md): ``promtool check rules|config``, ``promtool test
+rules``, the PrometheusRule twin, the required alerts, and metric names that exist in the code."""
 
 from __future__ import annotations
 
