@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# mimicry — inference-and-audit service image (issue 7, "Container").
+# mimicry — inference-and-audit service image (docs/deploy.md, "Container").
 #
 #   GPU (default): CUDA + cuDNN runtime base, CUDA torch, onnxruntime-gpu:
 #     docker build -t mimicry:0.1.0 .
@@ -93,12 +93,16 @@ ENV DEBIAN_FRONTEND=noninteractive \
     MPLCONFIGDIR=/tmp/matplotlib \
     MIMICRY_SERVE_REGISTRY=/models/registry \
     MIMICRY_REGISTRY=/models/registry
+# The data directory of `mimicry audit watch` (SQLite history, reports) belongs to the runtime user: a Docker
+# named volume mounted there starts as a copy of it (owner and mode included), so compose's `audit` service can
+# write its history without a root init step (in Kubernetes the pod's fsGroup does the same for the PVC).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 mimicry \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin mimicry
+        --shell /usr/sbin/nologin mimicry \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/mimicry /var/lib/mimicry/reports
 COPY --from=build /opt/venv /opt/venv
 COPY --from=registry --chown=10001:10001 / /models/registry/
 WORKDIR /srv/mimicry

@@ -1,4 +1,5 @@
-"""Helpers of the offline deployment checks (issue 7): tool lookup, kustomize rendering, metric catalogue.
+"""Helpers of the offline deployment checks (docs/deploy.md, "Offline checks"): tool lookup, kustomize
+rendering, Dockerfile parsing, metric catalogue.
 
 The metric catalogue is collected from the code that exports the metrics, never typed by hand:
 ``serving/metrics.py`` and ``audit/prometheus.py`` (parsed with :mod:`ast`: every ``Counter`` / ``Gauge`` /
@@ -24,9 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "ingress-tls")
+#: Overlays that run Triton on GPUs (ingress-tls is the gpu overlay plus an Ingress).
+GPU_OVERLAYS = ("gpu", "ingress-tls")
 #: Test ids of the overlays (a bare "gpu" id would be read as the `gpu` marker by tests/conftest.py).
-OVERLAY_IDS = ("overlay-cpu", "overlay-gpu")
+OVERLAY_IDS = tuple(f"overlay-{o}" for o in OVERLAYS)
 VENV_BIN = ROOT / ".venv" / "bin"
 
 #: Series every Prometheus / Pushgateway exposes without any code of ours.
@@ -73,6 +76,50 @@ def render(overlay: str) -> tuple[dict, ...]:
     proc = run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)])
     assert proc.returncode == 0, proc.stderr
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def dockerfile_instructions(path: Path | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (path or ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if s and not s.startswith("#"):
+            word, _, rest = s.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def dockerfile_stages(path: Path | None = None) -> dict[str, list[tuple[str, str]]]:
+    """The instructions of each build stage, by stage name (``FROM … AS name``)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for ins, args in dockerfile_instructions(path):
+        if ins == "FROM":
+            current = args.split(" AS ")[-1].strip() if " AS " in args else args
+            stages[current] = []
+        elif current is not None:
+            stages[current].append((ins, args))
+    return stages
+
+
+def owned_directories(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """Directories a stage creates with ``install -d -o UID -g GID [-m MODE] DIR…``: {dir: "UID:GID"}."""
+    out: dict[str, str] = {}
+    for ins, args in stage:
+        if ins != "RUN":
+            continue
+        for cmd in re.split(r"&&|;", args):
+            words = cmd.split()
+            if words[:2] != ["install", "-d"]:
+                continue
+            opts, rest = {}, words[2:]
+            while rest and rest[0] in ("-o", "-g", "-m"):
+                opts[rest[0]] = rest[1]
+                rest = rest[2:]
+            for d in rest:
+                out[d.rstrip("/")] = f"{opts.get('-o', '0')}:{opts.get('-g', '0')}"
+    return out
 
 
 def by_kind(docs: tuple[dict, ...], kind: str) -> dict[str, dict]:

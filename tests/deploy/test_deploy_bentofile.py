@@ -1,5 +1,5 @@
-"""``bentofile.yaml`` (issue 7, "Container"): pins consistent with pyproject / requirements.lock, and a real
-``bentoml build`` into a temporary BENTOML_HOME whose generated Dockerfile, requirements and OpenAPI are
+"""``bentofile.yaml`` (docs/deploy.md, "BentoML"): pins consistent with pyproject / requirements.lock, and a
+real ``bentoml build`` into a temporary BENTOML_HOME whose generated Dockerfile, requirements and OpenAPI are
 checked (``bentoml containerize`` itself needs a Docker engine: not run here)."""
 
 from __future__ import annotations

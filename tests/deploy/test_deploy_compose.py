@@ -1,25 +1,87 @@
-"""``deploy/compose.yaml`` for a single GPU host, validated offline (issue 7).
+"""``deploy/compose.yaml`` for a single GPU host, validated offline (docs/deploy.md, "Compose").
 
-``docker compose config`` would need the compose plugin, which the docker CLI here lacks ("unknown command:
-docker compose"), so the file is parsed with PyYAML (merge keys resolved) and checked against the rest of the
-deployment: the Prometheus targets, the service settings and the audit CLI.
+The shipped file runs unchanged through ``docker-compose config`` (Debian's docker-compose, installed by
+scripts/system-deps.sh; no Docker engine needed): compose-spec validation, variable interpolation and merge
+keys as compose itself does them. The checks against the rest of the deployment (Prometheus targets, service
+settings, the audit CLI, the image's user and data directory) read the file as compose renders it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from functools import cache
+from pathlib import Path
 
 import typer.main
 import yaml
 
-from tests.deploy._support import DEPLOY
+from tests.deploy._support import DEPLOY, ROOT, dockerfile_stages, owned_directories, run, tool
 
 COMPOSE = DEPLOY / "compose.yaml"
 SERVICES = {"mimicry", "triton", "audit", "prometheus", "pushgateway", "grafana"}
+#: The secrets compose takes from deploy/.env (placeholders here).
+SECRETS = {
+    "MIMICRY_SERVE_API_TOKEN": "compose-test-token",
+    "MIMICRY_SERVE_UID_SECRET": "compose-test-uid-secret",
+    "GRAFANA_ADMIN_PASSWORD": "compose-test-password",
+}
+IMAGE = "ghcr.io/mimicry-project/mimicry:"
 
 
+def _docker_compose_config(env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess:
+    """``docker-compose config`` of the shipped file with exactly ``env`` (an empty --env-file: no .env)."""
+    empty = tmp / "empty.env"
+    empty.write_text("")
+    clean = {
+        k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith(("COMPOSE_", "MIMICRY_"))
+    }
+    return subprocess.run(
+        [tool("docker-compose"), "--env-file", str(empty), "-f", str(COMPOSE), "config"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@cache
 def _compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    """The file as docker-compose renders it (validated, variables interpolated, merge keys resolved)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = _docker_compose_config(SECRETS, Path(tmp))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def _mounts(svc: dict) -> dict[str, str]:
+    """{target: source} of a rendered service (short syntax; a source without "/" is a named volume)."""
+    out = {}
+    for v in svc.get("volumes", []):
+        source, target = v.split(":")[:2]
+        out[target] = source
+    return out
+
+
+def test_docker_compose_accepts_the_file_and_refuses_missing_secrets(tmp_path: Path) -> None:
+    assert set(_compose()["services"]) == SERVICES
+    for missing in SECRETS:
+        proc = _docker_compose_config({k: v for k, v in SECRETS.items() if k != missing}, tmp_path)
+        assert proc.returncode != 0, missing
+        assert f"set {missing}" in proc.stderr, proc.stderr
+
+
+def test_docker_compose_rejects_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  x:\n    image: a:1\n    restart: sometimes-maybe\n    portz: []\n")
+    proc = run([tool("docker-compose"), "-f", str(bad), "config"])
+    assert proc.returncode != 0
+    assert "portz" in proc.stderr
 
 
 def test_services_images_ports_and_healthchecks() -> None:
@@ -30,13 +92,17 @@ def test_services_images_ports_and_healthchecks() -> None:
         assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), name
         assert not image.endswith(":latest"), name
         for port in svc.get("ports", []):
-            assert port.startswith("127.0.0.1:"), (name, port)
+            assert str(port).startswith("127.0.0.1:"), (name, port)
         assert svc["healthcheck"]["test"][0] == "CMD", name
         assert svc["restart"] == "unless-stopped", name
     assert services["triton"]["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    devices = {}
     for name in ("mimicry", "triton"):
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert (device["driver"], device["capabilities"]) == ("nvidia", ["gpu"]), name
+        devices[name] = device["device_ids"]
+    # One GPU shared by Triton and the service's torch twin (docs/deploy.md, "GPU sharing").
+    assert devices["mimicry"] == devices["triton"] == ["0"]
     assert "deploy" not in services["audit"]
     for name in ("mimicry", "audit"):
         svc = services[name]
@@ -49,8 +115,8 @@ def test_services_images_ports_and_healthchecks() -> None:
 def test_prometheus_targets_are_compose_services_on_their_ports() -> None:
     compose = _compose()
     services = compose["services"]
-    mount = next(v for v in services["prometheus"]["volumes"] if v.endswith(":/etc/prometheus:ro"))
-    config_dir = DEPLOY / mount.split(":")[0]
+    config_dir = Path(_mounts(services["prometheus"])["/etc/prometheus"])
+    assert config_dir == DEPLOY / "prometheus"
     config = yaml.safe_load((config_dir / "prometheus.yml").read_text())
     assert (config_dir / config["rule_files"][0]).is_file()
     listening = {
@@ -73,11 +139,41 @@ def test_service_environment_is_valid_serve_settings(monkeypatch) -> None:
 
     env = _compose()["services"]["mimicry"]["environment"]
     for key, value in env.items():
-        assert key.startswith("MIMICRY_SERVE_"), key
-        monkeypatch.setenv(key, "compose-test-token" if "${" in str(value) else str(value))
+        if key.startswith("MIMICRY_SERVE_"):
+            monkeypatch.setenv(key, str(value))
     settings = ServeSettings()
     assert (settings.backend, settings.triton_url, settings.device) == ("triton", "triton:8000", "cuda")
-    assert env["MIMICRY_SERVE_API_TOKEN"].startswith("${MIMICRY_SERVE_API_TOKEN:?")
+    # Secrets are interpolated from .env, never written in the file.
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["mimicry"]["environment"]
+    for key in ("MIMICRY_SERVE_API_TOKEN", "MIMICRY_SERVE_UID_SECRET"):
+        assert raw[key] == f"${{{key}:?set {key}}}", key
+        assert env[key] == SECRETS[key]
+    # Two BentoML workers (the service's config name is `mimicry`): one crash leaves one answering.
+    assert env["BENTOML_CONFIG_OPTIONS"] == "services.mimicry.workers=2"
+    assert set(env) - {"BENTOML_CONFIG_OPTIONS"} == {k for k in env if k.startswith("MIMICRY_SERVE_")}
+
+
+def test_named_volumes_of_the_image_are_writable_by_its_user() -> None:
+    """Every named volume mounted into a service running the mimicry image is a directory the Dockerfile
+    creates for that service's user: Docker copies it (owner included) into the new volume."""
+    compose = _compose()
+    owned = owned_directories(dockerfile_stages(ROOT / "Dockerfile")["runtime"])
+    checked = 0
+    for name, svc in compose["services"].items():
+        if not svc["image"].startswith(IMAGE):
+            continue
+        for target, source in _mounts(svc).items():
+            if source.startswith("/"):
+                continue  # a bind mount from the host
+            assert source in compose["volumes"], (name, source)
+            assert owned.get(target) == svc["user"], (name, target, owned)
+            checked += 1
+    assert checked >= 1
+    audit = compose["services"]["audit"]
+    (data,) = [t for t, src in _mounts(audit).items() if not src.startswith("/")]
+    for arg in audit["command"]:
+        if arg.startswith(("--history=", "--out=")):
+            assert arg.split("=", 1)[1].startswith(data + "/"), arg
 
 
 def test_audit_service_uses_real_watch_options() -> None:
@@ -92,7 +188,7 @@ def test_audit_service_uses_real_watch_options() -> None:
 
 def test_grafana_gets_the_provisioning_and_the_dashboard() -> None:
     grafana = _compose()["services"]["grafana"]
-    mounts = {v.split(":")[1]: DEPLOY / v.split(":")[0] for v in grafana["volumes"] if v.startswith("./")}
+    mounts = {t: Path(src) for t, src in _mounts(grafana).items() if src.startswith("/")}
     assert (mounts["/etc/grafana/provisioning"] / "datasources" / "prometheus.yml").is_file()
     assert (mounts["/var/lib/grafana/dashboards"] / "mimicry.json").is_file()
-    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${")
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS["GRAFANA_ADMIN_PASSWORD"]

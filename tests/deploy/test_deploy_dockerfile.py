@@ -1,5 +1,6 @@
-"""The container image recipe (issue 7, "Container"): hadolint at the error threshold, multi-stage venv,
-GPU default / CPU by build argument, non-root, HEALTHCHECK, OCI labels, the registry mounted or baked."""
+"""The container image recipe (docs/deploy.md, "Container"): hadolint at the error threshold, multi-stage
+venv, GPU default / CPU by build argument, non-root, HEALTHCHECK, OCI labels, the registry mounted or
+baked, the audit data directory owned by the runtime user."""
 
 from __future__ import annotations
 
@@ -8,33 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from tests.deploy._support import K8S, ROOT, render, run, tool
+from tests.deploy._support import K8S, ROOT, dockerfile_stages, owned_directories, render, run, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def _instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    out = []
-    for line in text.splitlines():
-        s = line.strip()
-        if s and not s.startswith("#"):
-            word, _, rest = s.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
 def _stages() -> dict[str, list[tuple[str, str]]]:
-    stages: dict[str, list[tuple[str, str]]] = {}
-    current = None
-    for ins, args in _instructions():
-        if ins == "FROM":
-            current = args.split(" AS ")[-1].strip() if " AS " in args else args
-            stages[current] = []
-        elif current is not None:
-            stages[current].append((ins, args))
-    return stages
+    return dockerfile_stages(DOCKERFILE)
 
 
 def test_hadolint_passes_at_error_threshold_with_justified_ignores() -> None:
@@ -125,3 +106,12 @@ def test_every_copy_source_exists_and_dockerignore_keeps_them() -> None:
                     continue  # ./registry exists only after `mimicry registry publish`
                 assert (ROOT / src).exists(), src
                 assert src.rstrip("/").split("/")[0] not in ignore, src
+
+
+def test_runtime_creates_the_audit_data_directory_for_its_user() -> None:
+    """The audit's history/reports directory exists in the image, owned by the runtime user, so that a
+    Docker named volume mounted there (compose) starts writable by uid 10001."""
+    runtime = _stages()["runtime"]
+    (user,) = [args for ins, args in runtime if ins == "USER"]
+    owned = owned_directories(runtime)
+    assert owned.get("/var/lib/mimicry") == user
