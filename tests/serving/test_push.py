@@ -5,6 +5,7 @@ prometheus-client registry."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -96,3 +97,33 @@ def test_spool_is_bounded_all_or_nothing_and_idempotent(tmp_path) -> None:
     assert len(queue.pending()) == 1
     with pytest.raises(ValueError, match="SOP Instance UID"):
         queue.put([_object("1.2/../3")])
+
+
+def test_stow_rs_push_into_orthanc_dicomweb(tmp_path, phantom_files) -> None:
+    """The STOW-RS destination (dicomweb-client) delivers a Structured Report to Orthanc's DICOMweb."""
+    from mimicry.dicom.results import AiAlgorithm, AiFindings, UidPolicy, build_sr
+    from serving.push import StowDestination
+    from tests.serving.pacs_helpers import DICOMWEB_PLUGIN, run_orthanc
+
+    if not Path(DICOMWEB_PLUGIN).exists():
+        pytest.fail("orthanc-dicomweb missing: run scripts/system-deps.sh")
+    source = pydicom.dcmread(phantom_files[0])
+    sr = build_sr(
+        source,
+        AiFindings(("a", "b"), (0.3, 0.7), 1),
+        AiAlgorithm("cxr-toy", "1", "ef" * 32),
+        UidPolicy(secret="k"),
+    )
+    with run_orthanc(tmp_path / "orthanc", {}) as orthanc:
+        dest = StowDestination(f"{orthanc.url}/dicom-web", timeout_s=30)
+        queue = PushQueue(dest, tmp_path / "spool", attempts=2, backoff_s=0.05)
+        queue.put([to_part10(sr)])
+        assert queue.drain() == 1
+        with orthanc.client() as http:
+            found = http.post(
+                "/tools/find", json={"Level": "Instance", "Query": {"SOPInstanceUID": sr.SOPInstanceUID}}
+            )
+            assert len(found.json()) == 1
+            tags = http.get(f"/instances/{found.json()[0]}/simplified-tags").json()
+    assert tags["StudyInstanceUID"] == str(source.StudyInstanceUID)
+    assert REGISTRY.get_sample_value("mimicry_push_sent_total", {"destination": "stow"}) >= 1
