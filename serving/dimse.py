@@ -155,8 +155,8 @@ class DimseListener:
         except QueueFull:
             RECEIVED.labels(status="out_of_resources").inc()
             return _status(OUT_OF_RESOURCES, "result spool full")
-        except Exception as exc:  # the listener stays up; the type only (no PHI) goes to the log
-            logger.exception("C-STORE processing failed (%s)", type(exc).__name__)
+        except Exception as exc:  # the listener stays up; the type only (no PHI: no message) goes to the log
+            logger.error("C-STORE processing failed (%s)", type(exc).__name__)
             RECEIVED.labels(status="processing_failure").inc()
             return _status(PROCESSING_FAILURE, "processing failure")
         finally:
@@ -193,6 +193,8 @@ def serve_dimse(settings: ServeSettings | None = None, *, block: bool = True) ->
             :meth:`DimseListener.shutdown`).
     """
     settings = settings if settings is not None else load_serve_settings()
+    # pynetdicom logs identifiers (SOP Instance UIDs, AE titles) and, at DEBUG, whole datasets: warnings only
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     registry = Registry(settings.registry)
     refs = pipeline.resolve_model_refs(registry, settings.models)
     if not refs:
@@ -226,7 +228,6 @@ def serve_dimse(settings: ServeSettings | None = None, *, block: bool = True) ->
 def main() -> None:
     """``python -m serving.dimse``: the listener with the settings from the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     serve_dimse(load_serve_settings(), block=True)
 
 

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -165,3 +166,36 @@ def test_orthanc_round_trip(registry_dir: Path, phantom_files, tmp_path: Path) -
     assert seg_refs == srcs
     big_seg = next(s for s in segs if (s.Rows, s.Columns) == (3000, 2500))
     assert big_seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    # the objects as the PACS stored them are valid (dciodvfy) and read back in highdicom
+    small_sr = next(sr for sr in srs if _refers_to(sr, sources[0]))
+    small_seg = next(s for s in segs if (s.Rows, s.Columns) == (sources[0].Rows, sources[0].Columns))
+    for name, ds in (("sr", small_sr), ("seg", small_seg)):
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        proc = subprocess.run(
+            ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        errors = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("Error")]
+        assert errors == [], errors
+    group = hd.sr.Comprehensive3DSR.from_dataset(small_sr).content.get_image_measurement_groups()[0]
+    probs = {m.name.meaning.removeprefix("Probability of "): m.value for m in group.get_measurements()}
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+    assert group.finding_type.value == max(probs, key=probs.get)  # the Finding is the most probable class
+    algo = _texts(small_sr.ContentSequence, "Algorithm Parameters")
+    assert any(p.startswith("sha256=") and len(p) == 7 + 64 for p in algo)
+
+
+def _refers_to(sr: Dataset, source: Dataset) -> bool:
+    ev = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    return str(ev.ReferencedSOPInstanceUID) == str(source.SOPInstanceUID)
+
+
+def _texts(items: pydicom.Sequence, meaning: str) -> list[str]:
+    out = []
+    for item in items:
+        name = item.get("ConceptNameCodeSequence")
+        if name and name[0].CodeMeaning == meaning:
+            out.append(str(item.TextValue))
+        if "ContentSequence" in item:
+            out += _texts(item.ContentSequence, meaning)
+    return out
