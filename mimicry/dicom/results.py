@@ -193,12 +193,30 @@ class UidPolicy:
         return derive_uid(self.secret, "mimicry", kind, self.study, scope, algorithm.sha256, *extra)
 
 
+#: Type 2 attributes of the Patient and General Study modules: written empty when the source lacks them.
+_TYPE2_CONTEXT = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
 def _header(source: Dataset) -> Dataset:
-    """The source without its pixels (highdicom copies patient/study attributes from it)."""
+    """The source without its pixels (highdicom copies patient/study attributes from it), with the Type 2
+    patient/study attributes it lacks present and empty."""
     ds = Dataset()
     for elem in source:
         if elem.tag.group != 0x7FE0:
             ds.add(elem)
+    for keyword in _TYPE2_CONTEXT:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
     ds.file_meta = getattr(source, "file_meta", FileMetaDataset())
     return ds
 

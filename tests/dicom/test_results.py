@@ -55,6 +55,12 @@ def _variant(ds: Dataset, kind: str) -> Dataset:
         for keyword in ("PresentationIntentType", "DetectorType"):
             if keyword in ds:
                 delattr(ds, keyword)
+    if kind == "dx-minimal":  # no Type 2 patient/study attributes at all, no Specific Character Set
+        for keyword in (
+            "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+            "AccessionNumber", "ReferringPhysicianName", "SpecificCharacterSet", "Manufacturer",
+        ):  # fmt: skip
+            delattr(ds, keyword)
     if kind.endswith("bare"):
         for keyword in ("PixelSpacing", "ImagerPixelSpacing", "PatientOrientation", "BurnedInAnnotation"):
             if keyword in ds:
@@ -62,7 +68,7 @@ def _variant(ds: Dataset, kind: str) -> Dataset:
     return ds
 
 
-@pytest.fixture(params=["dx", "dx-bare", "cr", "cr-bare", "ct_small"])
+@pytest.fixture(params=["dx", "dx-bare", "dx-minimal", "cr", "cr-bare", "ct_small"])
 def source(request: pytest.FixtureRequest, phantom_dx: Dataset) -> Dataset:
     if request.param == "ct_small":
         return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
@@ -112,7 +118,7 @@ def _valid(tmp_path: Path, name: str, ds: Dataset) -> Dataset:
 def test_sr_is_valid_tid1500_referencing_the_source(tmp_path: Path, source: Dataset) -> None:
     back = _valid(tmp_path, "sr", build_sr(source, FINDINGS, ALGO, POLICY))
     assert back.StudyInstanceUID == source.StudyInstanceUID  # filed beside the image
-    assert back.PatientID == source.PatientID
+    assert back.PatientID == source.get("PatientID", "")
     evidence = back.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == source.StudyInstanceUID
     ref = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
