@@ -195,6 +195,7 @@ def serve_dimse(settings: ServeSettings | None = None, *, block: bool = True) ->
     settings = settings if settings is not None else load_serve_settings()
     # pynetdicom logs identifiers (SOP Instance UIDs, AE titles) and, at DEBUG, whole datasets: warnings only
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one INFO line per copied module otherwise
     registry = Registry(settings.registry)
     refs = pipeline.resolve_model_refs(registry, settings.models)
     if not refs:
