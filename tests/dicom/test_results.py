@@ -196,6 +196,8 @@ def test_secondary_capture_is_valid_and_propagates_burned_in_annotation(
     assert back.BurnedInAnnotation == source.get("BurnedInAnnotation", "YES")
     assert list(back.get("PatientOrientation", []) or []) == list(source.get("PatientOrientation", []) or [])
     np.testing.assert_array_equal(back.pixel_array, rgb)
+    image = hd.imread(io.BytesIO(to_part10(back)))  # highdicom's generic image reader
+    np.testing.assert_array_equal(image.get_frame(1), rgb)
 
 
 def test_burned_in_yes_is_kept(phantom_dx: Dataset) -> None:
