@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Debian packages the test suite and the local stack use: real Prometheus + Pushgateway (run by the tests on
-# 127.0.0.1 and stopped by PID; promtool comes with prometheus) and docker-compose (1.x, Python: the offline
-# `docker-compose config` check of deploy/compose.yaml; it needs no Docker engine and none is installed).
-# The packages would start system services; policy-rc.d keeps them down.
+# Debian packages the test suite and the local stack use:
+#   prometheus, prometheus-pushgateway  real Prometheus + Pushgateway (run by the tests on 127.0.0.1, stopped by
+#                                       PID); promtool comes with prometheus
+#   docker-compose                      1.x, Python: the offline `docker-compose config` check of
+#                                       deploy/compose.yaml (no Docker engine is needed or installed)
+#   orthanc, orthanc-dicomweb           a real PACS with its DICOMweb plugin (PACS round-trip tests)
+#   dicom3tools                         dciodvfy, which validates every DICOM object the service writes
+#   dcmtk                               storescu / echoscu against the DICOM listener
+#   libgl1, libglib2.0-0                shared libraries opencv-python needs (pulled in by Quantus, a test oracle)
+# The packages would start system services; policy-rc.d keeps them down. Installs only what is missing.
 set -euo pipefail
-if command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null \
-    && command -v promtool >/dev/null && command -v docker-compose >/dev/null; then
+packages=(prometheus prometheus-pushgateway docker-compose orthanc orthanc-dicomweb dicom3tools dcmtk libgl1
+  libglib2.0-0)
+missing=()
+for p in "${packages[@]}"; do
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} = 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
-  echo "warning: prometheus/prometheus-pushgateway/docker-compose missing and not root: run 'sudo bash $0'" >&2
+  echo "warning: Debian packages missing and not root: ${missing[*]}; run 'sudo bash $0'" >&2
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +32,6 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   created_policy=1
 fi
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway docker-compose >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 exit 0

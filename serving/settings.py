@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -29,10 +29,55 @@ from pydantic_settings import (
 
 from mimicry.settings import IngestSettings
 
-__all__ = ["CONFIG_ENV", "ServeSettings", "load_serve_settings"]
+__all__ = ["CONFIG_ENV", "DimseSettings", "PushSettings", "ServeSettings", "load_serve_settings"]
 
 #: Environment variable naming the optional YAML settings file.
 CONFIG_ENV = "MIMICRY_SERVE_CONFIG"
+
+
+class DimseSettings(BaseModel):
+    """The DICOM listener (:mod:`serving.dimse`): a Storage SCP for CR/DX with C-ECHO."""
+
+    ae_title: str = Field("MIMICRY", min_length=1, max_length=16, description="Our AE title.")
+    host: str = Field("127.0.0.1", description="Listen address (0.0.0.0 in a container).")
+    port: int = Field(11112, ge=1, le=65535, description="Listen port.")
+    max_concurrent: int = Field(
+        2, ge=1, description="Images processed at once; a C-STORE waits up to 'wait_s' for a slot."
+    )
+    wait_s: float = Field(
+        30.0, gt=0, description="Longest wait of a C-STORE for a slot (then status A700, out of resources)."
+    )
+    max_associations: int = Field(10, ge=1, description="Simultaneous associations accepted.")
+    method: str = Field("gradcam", description="Saliency method of the overlay of every received image.")
+    segmentation_threshold: float = Field(
+        0.5, ge=0, le=1, description="The Segmentation holds the saliency map >= this value (BINARY)."
+    )
+    secondary_capture: bool = Field(
+        False, description="Also push the RGB overlay as a Secondary Capture (3 bytes a pixel: large)."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve the listener's Prometheus /metrics on this port (None: off)."
+    )
+
+
+class PushSettings(BaseModel):
+    """Where result objects are sent (:mod:`serving.push`)."""
+
+    kind: Literal["none", "stow", "dimse"] = Field("none", description="Destination ('none': no push).")
+    url: str | None = Field(None, description="STOW-RS: DICOMweb service root (no /studies).")
+    token: SecretStr | None = Field(None, description="STOW-RS: bearer token (Authorization header).")
+    username: str | None = Field(None, description="STOW-RS: HTTP basic auth user (with 'password').")
+    password: SecretStr | None = Field(None, description="STOW-RS: HTTP basic auth password.")
+    ae_title: str = Field("PACS", min_length=1, max_length=16, description="C-STORE peer: its AE title.")
+    host: str = Field("127.0.0.1", description="C-STORE peer: host.")
+    port: int = Field(104, ge=1, le=65535, description="C-STORE peer: port.")
+    calling_ae_title: str = Field("MIMICRY", min_length=1, max_length=16, description="Our AE title as SCU.")
+    spool_dir: Path = Field(Path("spool/push"), description="Objects not yet delivered (survives restarts).")
+    max_queued: int = Field(10_000, ge=1, description="Most objects spooled; beyond, results are refused.")
+    attempts: int = Field(3, ge=1, description="Tries per object before it is left in the spool for later.")
+    backoff_s: float = Field(1.0, gt=0, description="First wait between tries (doubles up to max_backoff_s).")
+    max_backoff_s: float = Field(60.0, gt=0, description="Longest wait between tries / outage rechecks.")
+    timeout_s: float = Field(30.0, gt=0, description="Network timeout of one send.")
 
 
 class ServeSettings(BaseSettings):
@@ -112,6 +157,24 @@ class ServeSettings(BaseSettings):
     triton_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards Triton.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with 503 answers.")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    uid_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "Key of every UID derived for result objects (Structured Report, Segmentation, Secondary "
+            "Capture) and of the de-identified study mapping: set the same value on every worker and replica "
+            "(MIMICRY_SERVE_UID_SECRET, from a Secret). None: the ingest uid_salt stands in (random per "
+            "process unless set), so results of different processes land in different series/studies."
+        ),
+    )
+    results_study: Literal["original", "deidentified"] = Field(
+        "original",
+        description=(
+            "Study of the result objects: 'original' (the source's Study Instance UID, filed beside the "
+            "image) or 'deidentified' (the de-identified copy of the study, keyed by uid_secret)."
+        ),
+    )
+    dimse: DimseSettings = Field(default_factory=DimseSettings)
+    push: PushSettings = Field(default_factory=PushSettings)
 
     @field_validator("models", mode="before")
     @classmethod

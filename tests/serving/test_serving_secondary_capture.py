@@ -1,5 +1,5 @@
 """``/v1/explain?format=dicom``: a de-identified Secondary Capture of the overlay in the source's study
-(issue 5, "Endpoints"; :mod:`serving.secondary_capture`)."""
+(docs/serving.md, "Endpoints"; :mod:`serving.secondary_capture`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,124 @@
+"""Helpers of the PACS tests: free ports, a pynetdicom Storage SCP that records what it receives, a real
+Orthanc started on 127.0.0.1 with its own directories and stopped by PID, and DICOM sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydicom.dataset import Dataset
+
+ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.path.exists("/usr/sbin/Orthanc") else None)
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RecordingScp:
+    """A pynetdicom Storage SCP of every storage SOP class (``received``: SOP Instance UID → dataset)."""
+
+    port: int
+    received: dict[str, Dataset] = field(default_factory=dict)
+    server: Any = None
+
+    def start(self) -> RecordingScp:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title="RECORDER")
+        ae.supported_contexts = AllStoragePresentationContexts
+
+        def store(event: Any) -> int:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            self.received[str(ds.SOPInstanceUID)] = ds
+            return 0x0000
+
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+
+@dataclass
+class Orthanc:
+    http_port: int
+    dicom_port: int
+    proc: subprocess.Popen[bytes]
+    aet: str = "ORTHANC"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=300)
+
+
+@contextmanager
+def run_orthanc(root: Path, modalities: dict[str, list[Any]]) -> Iterator[Orthanc]:
+    """Orthanc on 127.0.0.1 (free ports, own storage/index, DICOMweb plugin), stopped by PID."""
+    assert ORTHANC is not None, "Orthanc (Debian package orthanc) is missing: run scripts/system-deps.sh"
+    http_port, dicom_port = free_port(), free_port()
+    (root / "storage").mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "mimicry-test",
+        "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomModalities": modalities,
+        "DicomScuTimeout": 300,
+        "Plugins": [DICOMWEB_PLUGIN] if os.path.exists(DICOMWEB_PLUGIN) else [],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "HttpTimeout": 300,
+    }
+    cfg = root / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log = open(root / "orthanc.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    orthanc = Orthanc(http_port, dicom_port, proc)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (root / "orthanc.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{orthanc.url}/system", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Orthanc did not start"
+            time.sleep(0.2)
+        yield orthanc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
