@@ -139,7 +139,11 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], dict[str,
     try:
         with torch.enable_grad():
             out = work(x)
-            grads = torch.autograd.grad(out.sum(), [p for _, p in owners], allow_unused=True)
+            grads: Sequence[torch.Tensor | None] = (
+                torch.autograd.grad(out.sum(), [p for _, p in owners], allow_unused=True)
+                if out.requires_grad and owners
+                else [None] * len(owners)
+            )
     finally:
         for h in hooks:
             h.remove()
