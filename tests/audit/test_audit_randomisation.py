@@ -20,6 +20,7 @@ import copy
 
 import numpy as np
 import pytest
+import quantus
 import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
@@ -41,7 +42,6 @@ from mimicry.models import CamClassifier, ToyCamNet, build_ensemble, densenet_ti
 from mimicry.saliency import explain
 
 S = 32
-quantus = pytest.importorskip("quantus")
 
 
 def _gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> np.ndarray:
