@@ -148,13 +148,9 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, int], dict[str,
         for h in hooks:
             h.remove()
     dependent: dict[str, int] = {}
-    unused: set[str] = set()
     for (mname, p), g in zip(owners, grads, strict=True):
         if g is not None:
             dependent[mname] = dependent.get(mname, 0) + p.numel()
-        else:
-            unused.add(mname)
-    unused -= set(dependent)
     excluded: list[str] = []
     for name, m in work.named_modules():
         if any(_within(name, e) for e in excluded) or not any(True for _ in m.parameters()):
