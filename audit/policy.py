@@ -49,6 +49,7 @@ ALL_CHECKS: tuple[str, ...] = (
     "faithfulness",
     "cascading_randomisation",
     "independent_randomisation",
+    "random_logit",
     "repeatability",
     "reproducibility",
     "consistency",

@@ -11,8 +11,9 @@ audit → SQLite history → report → Prometheus → promotion gate). Per mode
    transaction per chunk — cases already scored for the same (model sha256, method, config) are taken from
    the history instead (cache / resume after a kill);
 4. model-level checks run on the first ``policy.pairwise_cases`` cases: cascading and independent
-   randomisation with the degradation threshold, repeatability (versions sharing the replicate group),
-   reproducibility (other architectures, same dataset fingerprint), explanation consistency across
+   randomisation (stages on the classification path) with the degradation threshold, the random-logit check
+   (predicted class vs a random other class, same threshold), repeatability (versions sharing the replicate
+   group), reproducibility (other architectures, same dataset fingerprint), explanation consistency across
    replicates, runtime reproducibility (torch twin vs ONNX Runtime);
 5. subgroup gaps, the policy's verdicts, and the run's end row.
 
@@ -71,6 +72,7 @@ from audit.checks import (
     independent_randomisation,
     map_agreement,
     onnx_forward,
+    random_logit,
     replicate_consistency,
     runtime_reproducibility,
     subgroup_gaps,
@@ -119,6 +121,7 @@ NEEDS_WEIGHTS: dict[str, str] = {
     "faithfulness": "needs model forwards on perturbed inputs (black-box mode)",
     "cascading_randomisation": "needs the model weights (black-box mode)",
     "independent_randomisation": "needs the model weights (black-box mode)",
+    "random_logit": "runs on the torch twin (white-box mode)",
     "repeatability": "needs the model weights (black-box mode)",
     "reproducibility": "needs the model weights (black-box mode)",
     "consistency": "needs the model weights (black-box mode)",
@@ -656,7 +659,7 @@ class _Audit:
             pm = np.stack(pair_maps[m])
             common = {"method": m, "keys": pair_keys, "class_names": names, "bootstrap": self.bootstrap}
             thr = None
-            if {"cascading_randomisation", "independent_randomisation"} & set(self.checks):
+            if {"cascading_randomisation", "independent_randomisation", "random_logit"} & set(self.checks):
                 thr = degradation_threshold(
                     pm,
                     n_pairs=p.randomisation.n_pairs,
@@ -681,6 +684,19 @@ class _Audit:
                             **common,  # type: ignore[arg-type]
                         )
                     )
+            if "random_logit" in self.checks:  # predicted class vs a random other class (Sixt et al.)
+                audit.results.append(
+                    random_logit(
+                        twin,
+                        x,
+                        explainers[m],
+                        seed=p.randomisation.seed,
+                        data_range=p.ssim_data_range,
+                        original=pm if p.target == "predicted" else None,
+                        threshold=thr,
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
             rep_maps_model: list[np.ndarray] = []
             rep_refs: list[str] = []
             for check in ("repeatability", "reproducibility"):

@@ -5,7 +5,8 @@ baselines):
 
 * :func:`gaze_alignment` — KLD, NSS, CC, SIM, AUC-Judd vs EGD heatmaps / fixations;
 * :func:`localisation_utility` — AUPRC, IoU, pointing game vs finding masks, with the average-mask baseline;
-* :func:`cascading_randomisation`, :func:`independent_randomisation`, :func:`degradation_threshold`;
+* :func:`cascading_randomisation`, :func:`independent_randomisation`, :func:`degradation_threshold` (stages on
+  the classification path: :func:`randomisation_stages`); :func:`random_logit` (the map of another class);
 * :func:`map_agreement` (repeatability / reproducibility vs SSIM 0.5), :func:`runtime_reproducibility`;
 * :func:`replicate_consistency` (logistic-regression separability);
 * :func:`faithfulness` (insertion / deletion AUC); :func:`shortcut_mass` (marker, outside anatomy, border);
@@ -25,13 +26,17 @@ from audit.checks.counterfactual import (
 from audit.checks.faithfulness import FAITHFULNESS_METRICS, faithfulness, faithfulness_scores
 from audit.checks.gaze import GAZE_METRICS, gaze_alignment, gaze_scores
 from audit.checks.localisation import LOCALISATION_METRICS, localisation_scores, localisation_utility
+from audit.checks.random_logit import RANDOM_LOGIT_METRICS, other_classes, random_logit
 from audit.checks.randomisation import (
     Explainer,
+    Stage,
     cascading_randomisation,
     degradation_threshold,
+    excluded_modules,
     independent_randomisation,
     randomisation_stages,
     reinitialise,
+    reinitialise_stage,
 )
 from audit.checks.shortcut import SHORTCUT_METRICS, shortcut_mass, shortcut_scores
 from audit.checks.similarity import (
@@ -49,15 +54,18 @@ __all__ = [
     "GAZE_METRICS",
     "LOCALISATION_METRICS",
     "LOW_BASELINE_SSIM",
+    "RANDOM_LOGIT_METRICS",
     "SHORTCUT_METRICS",
     "BootstrapSettings",
     "CheckResult",
     "Comparison",
     "Explainer",
     "MetricSummary",
+    "Stage",
     "cascading_randomisation",
     "compare_models",
     "degradation_threshold",
+    "excluded_modules",
     "faithfulness",
     "faithfulness_scores",
     "gap_metric",
@@ -71,8 +79,11 @@ __all__ = [
     "occlusion_result",
     "occlusion_scores",
     "onnx_forward",
+    "other_classes",
+    "random_logit",
     "randomisation_stages",
     "reinitialise",
+    "reinitialise_stage",
     "replicate_consistency",
     "runtime_reproducibility",
     "shortcut_mass",

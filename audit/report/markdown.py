@@ -16,6 +16,7 @@ KEY_SCORES: tuple[tuple[str, str], ...] = (
     ("gaze", "kld"),
     ("localisation", "auprc"),
     ("cascading_randomisation", "ssim_full"),
+    ("random_logit", "ssim"),
     ("repeatability", "ssim"),
     ("reproducibility", "ssim"),
     ("faithfulness", "insertion_minus_deletion"),

@@ -180,3 +180,54 @@ def test_usage_errors_exit_2(setup: dict[str, Path]) -> None:
     )
     assert res.exit_code == 2
     assert _run(setup, "pass.yaml", "out4", "--methods", "no_such_method").exit_code == 2
+
+
+def test_randomisation_stages_and_random_logit_reach_json_history_and_prometheus(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    from prometheus_client import generate_latest
+
+    from audit.history import History
+    from audit.policy import load_policy
+    from audit.prometheus import AuditMetrics
+    from audit.report.json_report import report_dict
+    from audit.runner import AuditConfig, run_audit
+
+    checks = ["cascading_randomisation", "independent_randomisation", "random_logit"]
+    policy = load_policy(None).model_copy(update={"methods": ["gradcam"], "pairwise_cases": 4})
+    report = run_audit(
+        AuditConfig(
+            registry=setup["registry"],
+            models=["lr:1"],
+            reference=setup["ref"],
+            policy=policy,
+            checks=checks,
+            history_path=tmp_path / "history.sqlite",
+        )
+    )
+    (m,) = report_dict(report)["models"]
+    assert not m["errors"]
+    by_check = {r["check"]: r for r in m["results"]}
+    assert set(by_check) == set(checks)
+    for check in checks[:2]:  # LeftRightToyNet: every parameterised block feeds the logits
+        assert by_check[check]["details"]["stages"] == ["classifier", "block2", "block1"]
+        assert by_check[check]["details"]["excluded"] == []
+    rl = by_check["random_logit"]
+    assert set(rl["summaries"]) == {"ssim", "spearman"}
+    assert rl["baselines"]["degradation_threshold"]["ssim"] is not None
+    assert set(rl["details"]["other_class"]) == set(rl["values"]["ssim"])
+    verdict = next(v for v in m["verdicts"] if v["criterion"] == "random_logit")
+    assert verdict["status"] in {"PASS", "FAIL"}
+    assert verdict["gate"] is False
+    assert verdict["value"] == pytest.approx(rl["summaries"]["ssim"]["mean"])
+    with History(tmp_path / "history.sqlite") as h:
+        (run,) = h.runs()
+        rows = {(s["check"], s["metric"]) for s in h.summaries(run.id)}
+        stage_rows = {("cascading_randomisation", f"ssim@{s}") for s in ("classifier", "block2", "block1")}
+        assert {("random_logit", "ssim"), *stage_rows} <= rows
+        assert "random_logit" in {v["criterion"] for v in h.verdicts(run.id)}
+    metrics = AuditMetrics()
+    metrics.observe(report)
+    text = generate_latest(metrics.registry).decode()
+    assert re.search(r'mimicry_audit_score\{[^}]*check="random_logit"[^}]*metric="ssim"', text)
+    assert re.search(r'mimicry_audit_check_passed\{[^}]*check="random_logit"', text)
