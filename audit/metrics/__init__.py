@@ -26,7 +26,19 @@ from audit.metrics.faithfulness import (
     perturbation_curve,
     sensitivity_n,
 )
-from audit.metrics.gaze import EPS, auc_borji, auc_judd, cc, center_prior, info_gain, kld, nss, sim
+from audit.metrics.gaze import (
+    EPS,
+    auc_borji,
+    auc_judd,
+    cc,
+    center_prior,
+    info_gain,
+    kld,
+    nss,
+    sauc,
+    shuffled_fixation_map,
+    sim,
+)
 from audit.metrics.localisation import (
     auprc,
     auprc_sklearn,
@@ -77,8 +89,10 @@ __all__ = [
     "relevance_mass",
     "relevance_rank",
     "resize_maps",
+    "sauc",
     "sensitivity_n",
     "severity_correlation",
+    "shuffled_fixation_map",
     "sim",
     "spearman",
     "ssim",
