@@ -68,6 +68,7 @@ from audit.checks import (
     cascading_randomisation,
     compare_models,
     degradation_threshold,
+    explanation_robustness,
     independent_randomisation,
     map_agreement,
     onnx_forward,
@@ -122,6 +123,7 @@ NEEDS_WEIGHTS: dict[str, str] = {
     "repeatability": "needs the model weights (black-box mode)",
     "reproducibility": "needs the model weights (black-box mode)",
     "consistency": "needs the model weights (black-box mode)",
+    "robustness": "needs explanations of noise-perturbed inputs (black-box mode)",
 }
 #: Number of example cases kept for the report's overlays.
 N_EXAMPLES = 2
@@ -681,6 +683,18 @@ class _Audit:
                             **common,  # type: ignore[arg-type]
                         )
                     )
+            if "robustness" in self.checks:
+                audit.results.append(
+                    explanation_robustness(
+                        twin,
+                        x,
+                        t,
+                        explainers[m],
+                        seed=p.randomisation.seed,
+                        original=pm,
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
             rep_maps_model: list[np.ndarray] = []
             rep_refs: list[str] = []
             for check in ("repeatability", "reproducibility"):

@@ -10,7 +10,8 @@ baselines):
 * :func:`replicate_consistency` (logistic-regression separability);
 * :func:`faithfulness` (insertion / deletion AUC); :func:`shortcut_mass` (marker, outside anatomy, border);
 * :func:`subgroup_gaps` (gender, age bucket, site); :func:`compare_models` (paired tests between models);
-* :func:`marker_occlusion` (counterfactual: prediction change when the site marker is painted out).
+* :func:`marker_occlusion` (counterfactual: prediction change when the site marker is painted out);
+* :func:`explanation_robustness` (max-sensitivity and local Lipschitz estimate under small input noise).
 """
 
 from audit.checks.base import BootstrapSettings, CheckResult, MetricSummary, summarise_values
@@ -33,6 +34,7 @@ from audit.checks.randomisation import (
     randomisation_stages,
     reinitialise,
 )
+from audit.checks.robustness import ROBUSTNESS_METRICS, explanation_robustness
 from audit.checks.shortcut import SHORTCUT_METRICS, shortcut_mass, shortcut_scores
 from audit.checks.similarity import (
     LOW_BASELINE_SSIM,
@@ -49,6 +51,7 @@ __all__ = [
     "GAZE_METRICS",
     "LOCALISATION_METRICS",
     "LOW_BASELINE_SSIM",
+    "ROBUSTNESS_METRICS",
     "SHORTCUT_METRICS",
     "BootstrapSettings",
     "CheckResult",
@@ -58,6 +61,7 @@ __all__ = [
     "cascading_randomisation",
     "compare_models",
     "degradation_threshold",
+    "explanation_robustness",
     "faithfulness",
     "faithfulness_scores",
     "gap_metric",
