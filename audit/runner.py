@@ -86,7 +86,7 @@ from audit.checks.counterfactual import (
     paint_out_dicom,
 )
 from audit.checks.faithfulness import faithfulness_scores
-from audit.checks.gaze import gaze_scores
+from audit.checks.gaze import ShuffledFixations, gaze_scores
 from audit.checks.localisation import baseline_map, localisation_scores
 from audit.checks.shortcut import shortcut_scores
 from audit.errors import AuditError, CheckInputError
@@ -128,7 +128,7 @@ NEEDS_WEIGHTS: dict[str, str] = {
 #: Number of example cases kept for the report's overlays.
 N_EXAMPLES = 2
 #: Version of the per-case scoring code; part of the cache key.
-SCORING_VERSION = 1
+SCORING_VERSION = 2
 
 
 @dataclass
@@ -294,6 +294,8 @@ class _Audit:
         self.bootstrap: BootstrapSettings = self.policy.bootstrap_settings
         self.history = History(config.history_path) if config.history_path else None
         self.average_mask = reference.average_mask() if "localisation" in self.checks else None
+        # sAUC's negatives: the other reference cases' fixations (read once, without decoding the images)
+        self.shuffled = ShuffledFixations.from_reference(reference) if "gaze" in self.checks else None
         self.groups: dict[str, dict[str, str | None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.jobs))
         hp = config.history_path
@@ -320,6 +322,8 @@ class _Audit:
         }
         if mode != "whitebox":
             key["mode"] = mode
+        if self.shuffled is not None:  # sAUC depends on which other cases are in the pool
+            key["gaze_pool"] = self.shuffled.fingerprint
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def method_params(self, method: str, card: ModelCard, twin: torch.nn.Module) -> dict[str, Any]:
@@ -347,7 +351,7 @@ class _Audit:
         native = unletterbox(map_model, case.letterbox)
         rows: list[tuple[str, str, float]] = []
         parts = {
-            "gaze": lambda: gaze_scores(native, case),
+            "gaze": lambda: gaze_scores(native, case, self.shuffled),
             "localisation": lambda: localisation_scores(native, case),
             "shortcut": lambda: shortcut_scores(native, case),
             "faithfulness": lambda: faithfulness_scores(
@@ -791,7 +795,7 @@ class _Audit:
         if native.shape != case.shape:
             raise EndpointError(f"the endpoint's map has shape {native.shape}, the DICOM {case.shape}")
         parts = {
-            "gaze": lambda: gaze_scores(native, case),
+            "gaze": lambda: gaze_scores(native, case, self.shuffled),
             "localisation": lambda: localisation_scores(native, case),
             "shortcut": lambda: shortcut_scores(native, case),
         }

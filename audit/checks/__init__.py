@@ -3,7 +3,7 @@
 Each check returns a :class:`~audit.checks.base.CheckResult` (per-case scores, bootstrap summaries,
 baselines):
 
-* :func:`gaze_alignment` — KLD, NSS, CC, SIM, AUC-Judd vs EGD heatmaps / fixations;
+* :func:`gaze_alignment` — KLD, NSS, CC, SIM, AUC-Judd, shuffled AUC vs EGD heatmaps / fixations;
 * :func:`localisation_utility` — AUPRC, IoU, pointing game vs finding masks, with the average-mask baseline;
 * :func:`cascading_randomisation`, :func:`independent_randomisation`, :func:`degradation_threshold`;
 * :func:`map_agreement` (repeatability / reproducibility vs SSIM 0.5), :func:`runtime_reproducibility`;
@@ -24,7 +24,7 @@ from audit.checks.counterfactual import (
     occlusion_scores,
 )
 from audit.checks.faithfulness import FAITHFULNESS_METRICS, faithfulness, faithfulness_scores
-from audit.checks.gaze import GAZE_METRICS, gaze_alignment, gaze_scores
+from audit.checks.gaze import GAZE_METRICS, ShuffledFixations, gaze_alignment, gaze_scores
 from audit.checks.localisation import LOCALISATION_METRICS, localisation_scores, localisation_utility
 from audit.checks.randomisation import (
     Explainer,
@@ -58,6 +58,7 @@ __all__ = [
     "Comparison",
     "Explainer",
     "MetricSummary",
+    "ShuffledFixations",
     "cascading_randomisation",
     "compare_models",
     "degradation_threshold",

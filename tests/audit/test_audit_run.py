@@ -111,7 +111,10 @@ def test_run_passes_writes_reports_and_then_uses_the_cache(setup: dict[str, Path
         "cascading_randomisation",
         "subgroups",
         "counterfactual",
+        "robustness",
     } <= checks
+    gaze = next(r for r in m["results"] if r["check"] == "gaze")
+    assert gaze["summaries"]["sauc"]["n"] > 0  # negatives from the other reference cases' fixations
     occl = next(r for r in m["results"] if r["check"] == "counterfactual")
     assert occl["method"] == "gradcam"
     assert occl["summaries"]["marker_tv"]["n"] == m["n_cases"]  # every phantom case has a marker
