@@ -119,3 +119,23 @@ def test_relevance_rank_with_ties_is_quantus_averaged_over_tie_breaking(q, data)
     runs = np.array(runs)
     assert np.any(runs.std(axis=0) > 0)  # Quantus' value does depend on the tie-breaking here
     np.testing.assert_allclose(runs.mean(axis=0), ours, atol=0.03)
+
+
+def test_iou_equals_sklearn_jaccard_of_the_binarised_map(data):
+    """IoU = scikit-learn ``jaccard_score`` of (mask, region); the region is ``S ≥ t`` (threshold mode) or
+    ``S ≥`` the n-th largest value, n = ⌈10 % · H·W⌉ (top-10 % mode, ties included)."""
+    from sklearn.metrics import jaccard_score
+
+    from audit.metrics import iou
+
+    a, s = data
+    a = np.round(a * 8) / 8  # ties at the boundary
+    n = int(np.ceil(0.1 * a[0].size))
+    for i in range(a.shape[0]):
+        kth = np.sort(a[i].ravel())[::-1][n - 1]
+        assert iou(a[i], s[i], top_percent=10) == pytest.approx(
+            jaccard_score(s[i].ravel(), (a[i] >= kth).ravel()), abs=1e-12
+        )
+        assert iou(a[i], s[i], threshold=0.5) == pytest.approx(
+            jaccard_score(s[i].ravel(), (a[i] >= 0.5).ravel()), abs=1e-12
+        )
