@@ -69,3 +69,28 @@ def test_a_case_missing_from_the_pool_gets_every_pooled_fixation(cases) -> None:
     for o in cs[1:]:
         expected |= o.fixation_map
     np.testing.assert_array_equal(pool.other_map(cs[0]), expected)
+
+
+def test_sauc_and_robustness_reach_prometheus(cases) -> None:
+    """The exporter's score gauge carries the new rows like every other metric."""
+    from prometheus_client import generate_latest
+
+    from audit.checks import CheckResult, MetricSummary
+    from audit.policy import load_policy
+    from audit.prometheus import AuditMetrics
+    from audit.runner import AuditReport, ModelAudit
+
+    _, cs = cases
+    gaze = gaze_alignment([c.heatmap for c in cs], cs, method="gradcam")
+    rob = CheckResult("robustness", "gradcam")
+    rob.summaries["max_sensitivity"] = MetricSummary(0.125, 0.125, 0.0, 0.1, 0.2, 4)
+    m = ModelAudit("cxr", 3, "ab" * 32, "toy", ["gradcam"], results=[gaze, rob])
+    metrics = AuditMetrics()
+    metrics.observe(AuditReport({}, load_policy(None), [m], [], started=0.0, finished=1.0))
+    text = generate_latest(metrics.registry).decode()
+    sauc_line = next(ln for ln in text.splitlines() if 'check="gaze"' in ln and 'metric="sauc"' in ln)
+    assert float(sauc_line.rsplit(" ", 1)[1]) == pytest.approx(gaze.summaries["sauc"].mean)
+    assert (
+        'mimicry_audit_score{check="robustness",method="gradcam",metric="max_sensitivity",model="cxr",'
+        'version="3"} 0.125' in text
+    )
