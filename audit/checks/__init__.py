@@ -1,4 +1,4 @@
-"""Audit checks: composable functions over a loaded model's maps and a reference store (DESIGN.md, "Audit").
+"""Audit checks: composable functions over a loaded model's maps and a reference store (docs/audit.md).
 
 Each check returns a :class:`~audit.checks.base.CheckResult` (per-case scores, bootstrap summaries,
 baselines):

@@ -1,6 +1,6 @@
 """Gaze alignment: each method's maps vs the radiologists' EGD heatmaps and fixations.
 
-Metrics follow the MIT saliency benchmark conventions (docs/audit.md, "Gaze metrics"; Bylinskii et al.):
+Metrics follow the MIT saliency benchmark conventions (docs/audit.md, "Checks"; Bylinskii et al.):
 KLD(G‖S) and CC / SIM against the static heatmap; NSS, AUC-Judd and shuffled AUC against the binary fixation
 map. sAUC's negatives are the fixated pixels of the *other* reference cases (:class:`ShuffledFixations`,
 the benchmark's ``otherMap``), so a map that only reproduces the readers' common centre bias scores ≈ 0.5. The

@@ -2,7 +2,8 @@
 
 Definitions follow the MIT saliency benchmark MATLAB code (``cvzoya/saliency``, ``code_forMetrics/``) and
 Bylinskii et al., "What do different evaluation metrics tell us about saliency models?", IEEE TPAMI 41(3),
-2019 (arXiv:1604.03605), as summarised in REFERENCE.md "Gaze metrics". Conventions shared by every function:
+2019 (arXiv:1604.03605); where they differ from pysaliency see docs/audit.md, "Conventions vs reference
+implementations". Conventions shared by every function:
 
 * ``eps = 2.220446049250313e-16`` (MATLAB ``eps``, :data:`EPS`); all arithmetic in float64 (``im2double``).
 * The saliency map is first resized to the ground-truth grid (:func:`audit.metrics._batch.resize_maps`:
@@ -305,7 +306,9 @@ def sauc(saliency: Any, fixations: Any, other: Any) -> float | np.ndarray:
     size). Because the negatives share the observers' centre bias, a pure centre prior scores ≈ 0.5 here
     while it scores high on AUC-Judd.
 
-    Convention (deliberate departure from the MATLAB code, same as pysaliency's ``sAUC``): the exact ROC
+    Convention (deliberate departure from the MATLAB code; pysaliency's
+    ``AUC_per_image(nonfixations="shuffled", thresholds="all")`` does the same, except that it keeps an other
+    image's fixation once per occurrence where the binary ``otherMap`` keeps each pixel once): the exact ROC
     over all thresholds, with *all* negatives — ``P(S_pos > S_neg) + ½·P(S_pos = S_neg)`` (ties enter the
     curve together, the trapezoid then counts them half), which equals scikit-learn ``roc_auc_score`` on the
     pooled values. ``AUC_shuffled.m`` instead draws ``min(Nf, Nother)`` negatives per split (100 random
