@@ -139,3 +139,30 @@ def test_iou_equals_sklearn_jaccard_of_the_binarised_map(data):
         assert iou(a[i], s[i], threshold=0.5) == pytest.approx(
             jaccard_score(s[i].ravel(), (a[i] >= 0.5).ravel()), abs=1e-12
         )
+
+
+def test_topk_overlap_equals_quantus_top_k_intersection_with_the_other_maps_top_k_as_mask(q, data):
+    """``topk_overlap(A, B)`` = Quantus ``TopKIntersection(k)`` of A against the mask of B's top-k pixels
+    (distinct values, so no tie-breaking convention enters)."""
+    from audit.metrics import topk_overlap
+
+    a, _ = data
+    b = np.random.default_rng(4).random(a.shape)
+    k = int(np.ceil(0.1 * a[0].size))
+    mask_b = np.zeros(b.shape, bool)
+    for i in range(b.shape[0]):
+        mask_b[i].flat[np.argsort(-b[i].ravel())[:k]] = True
+    metric = q.TopKIntersection(k=k, disable_warnings=True)
+    ref = np.asarray(
+        metric(
+            model=None,
+            x_batch=np.zeros((a.shape[0], 1, *a.shape[1:])),
+            y_batch=np.zeros(a.shape[0], int),
+            a_batch=a[:, None],
+            s_batch=mask_b[:, None].astype(np.float64),
+        ),
+        dtype=np.float64,
+    )
+    ours = topk_overlap(a, b, top_percent=10)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    assert 0 <= ours.min() < ours.max()
