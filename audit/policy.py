@@ -55,6 +55,7 @@ ALL_CHECKS: tuple[str, ...] = (
     "consistency",
     "runtime_reproducibility",
     "subgroups",
+    "robustness",
 )
 
 _OPS: dict[str, Callable[[float, float], bool]] = {

@@ -69,6 +69,7 @@ from audit.checks import (
     cascading_randomisation,
     compare_models,
     degradation_threshold,
+    explanation_robustness,
     independent_randomisation,
     map_agreement,
     onnx_forward,
@@ -87,7 +88,7 @@ from audit.checks.counterfactual import (
     paint_out_dicom,
 )
 from audit.checks.faithfulness import faithfulness_scores
-from audit.checks.gaze import gaze_scores
+from audit.checks.gaze import ShuffledFixations, gaze_scores
 from audit.checks.localisation import baseline_map, localisation_scores
 from audit.checks.shortcut import shortcut_scores
 from audit.errors import AuditError, CheckInputError
@@ -125,11 +126,12 @@ NEEDS_WEIGHTS: dict[str, str] = {
     "repeatability": "needs the model weights (black-box mode)",
     "reproducibility": "needs the model weights (black-box mode)",
     "consistency": "needs the model weights (black-box mode)",
+    "robustness": "needs explanations of noise-perturbed inputs (black-box mode)",
 }
 #: Number of example cases kept for the report's overlays.
 N_EXAMPLES = 2
 #: Version of the per-case scoring code; part of the cache key.
-SCORING_VERSION = 1
+SCORING_VERSION = 2
 
 
 @dataclass
@@ -295,6 +297,8 @@ class _Audit:
         self.bootstrap: BootstrapSettings = self.policy.bootstrap_settings
         self.history = History(config.history_path) if config.history_path else None
         self.average_mask = reference.average_mask() if "localisation" in self.checks else None
+        # sAUC's negatives: the other reference cases' fixations (read once, without decoding the images)
+        self.shuffled = ShuffledFixations.from_reference(reference) if "gaze" in self.checks else None
         self.groups: dict[str, dict[str, str | None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.jobs))
         hp = config.history_path
@@ -321,6 +325,8 @@ class _Audit:
         }
         if mode != "whitebox":
             key["mode"] = mode
+        if self.shuffled is not None:  # sAUC depends on which other cases are in the pool
+            key["gaze_pool"] = self.shuffled.fingerprint
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def method_params(self, method: str, card: ModelCard, twin: torch.nn.Module) -> dict[str, Any]:
@@ -348,7 +354,7 @@ class _Audit:
         native = unletterbox(map_model, case.letterbox)
         rows: list[tuple[str, str, float]] = []
         parts = {
-            "gaze": lambda: gaze_scores(native, case),
+            "gaze": lambda: gaze_scores(native, case, self.shuffled),
             "localisation": lambda: localisation_scores(native, case),
             "shortcut": lambda: shortcut_scores(native, case),
             "faithfulness": lambda: faithfulness_scores(
@@ -697,6 +703,18 @@ class _Audit:
                         **common,  # type: ignore[arg-type]
                     )
                 )
+            if "robustness" in self.checks:
+                audit.results.append(
+                    explanation_robustness(
+                        twin,
+                        x,
+                        t,
+                        explainers[m],
+                        seed=p.randomisation.seed,
+                        original=pm,
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
             rep_maps_model: list[np.ndarray] = []
             rep_refs: list[str] = []
             for check in ("repeatability", "reproducibility"):
@@ -793,7 +811,7 @@ class _Audit:
         if native.shape != case.shape:
             raise EndpointError(f"the endpoint's map has shape {native.shape}, the DICOM {case.shape}")
         parts = {
-            "gaze": lambda: gaze_scores(native, case),
+            "gaze": lambda: gaze_scores(native, case, self.shuffled),
             "localisation": lambda: localisation_scores(native, case),
             "shortcut": lambda: shortcut_scores(native, case),
         }

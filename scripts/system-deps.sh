@@ -8,10 +8,12 @@
 #   dicom3tools                         dciodvfy, which validates every DICOM object the service writes
 #   dcmtk                               storescu / echoscu against the DICOM listener
 #   libgl1, libglib2.0-0                shared libraries opencv-python needs (pulled in by Quantus, a test oracle)
+#   gcc, libc6-dev                      the dev extra's pysaliency (gaze-metric oracle) is an sdist whose Cython
+#                                       extension is compiled when scripts/setup.sh installs it
 # The packages would start system services; policy-rc.d keeps them down. Installs only what is missing.
 set -euo pipefail
 packages=(prometheus prometheus-pushgateway docker-compose orthanc orthanc-dicomweb dicom3tools dcmtk libgl1
-  libglib2.0-0)
+  libglib2.0-0 gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
   if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then

@@ -7,7 +7,8 @@ is undefined. Each function's docstring cites its paper / reference code and sta
 Modules: :mod:`~audit.metrics.gaze` (MIT saliency benchmark), :mod:`~audit.metrics.localisation` (masks),
 :mod:`~audit.metrics.similarity` (map vs map), :mod:`~audit.metrics.faithfulness` (insertion / deletion /
 Sensitivity-n), :mod:`~audit.metrics.consistency` (Watson et al.), :mod:`~audit.metrics.shortcut` (mass
-outside anatomy / in the border), :mod:`~audit.metrics.stats` (bootstrap CIs, paired tests).
+outside anatomy / in the border), :mod:`~audit.metrics.robustness` (max-sensitivity, local Lipschitz),
+:mod:`~audit.metrics.stats` (bootstrap CIs, paired tests).
 """
 
 from audit.metrics._batch import MetricInputError, resize_maps
@@ -26,7 +27,19 @@ from audit.metrics.faithfulness import (
     perturbation_curve,
     sensitivity_n,
 )
-from audit.metrics.gaze import EPS, auc_borji, auc_judd, cc, center_prior, info_gain, kld, nss, sim
+from audit.metrics.gaze import (
+    EPS,
+    auc_borji,
+    auc_judd,
+    cc,
+    center_prior,
+    info_gain,
+    kld,
+    nss,
+    sauc,
+    shuffled_fixation_map,
+    sim,
+)
 from audit.metrics.localisation import (
     auprc,
     auprc_sklearn,
@@ -36,6 +49,12 @@ from audit.metrics.localisation import (
     relevance_mass,
     relevance_rank,
     severity_correlation,
+)
+from audit.metrics.robustness import (
+    RobustnessScores,
+    explanation_sensitivity,
+    local_lipschitz,
+    max_sensitivity,
 )
 from audit.metrics.shortcut import border_band_mask, border_mass, mass_in_region, mass_outside
 from audit.metrics.similarity import spearman, ssim, topk_overlap
@@ -49,6 +68,7 @@ __all__ = [
     "MetricInputError",
     "MultiModelConsistency",
     "PairedTestResult",
+    "RobustnessScores",
     "auc_borji",
     "auc_judd",
     "auprc",
@@ -63,12 +83,15 @@ __all__ = [
     "consistency_score",
     "deletion_auc",
     "explanation_consistency",
+    "explanation_sensitivity",
     "info_gain",
     "insertion_auc",
     "iou",
     "kld",
+    "local_lipschitz",
     "mass_in_region",
     "mass_outside",
+    "max_sensitivity",
     "multi_model_consistency",
     "nss",
     "paired_t_test",
@@ -77,8 +100,10 @@ __all__ = [
     "relevance_mass",
     "relevance_rank",
     "resize_maps",
+    "sauc",
     "sensitivity_n",
     "severity_correlation",
+    "shuffled_fixation_map",
     "sim",
     "spearman",
     "ssim",

@@ -2,7 +2,8 @@
 
 Definitions follow the MIT saliency benchmark MATLAB code (``cvzoya/saliency``, ``code_forMetrics/``) and
 Bylinskii et al., "What do different evaluation metrics tell us about saliency models?", IEEE TPAMI 41(3),
-2019 (arXiv:1604.03605), as summarised in REFERENCE.md "Gaze metrics". Conventions shared by every function:
+2019 (arXiv:1604.03605); where they differ from pysaliency see docs/audit.md, "Conventions vs reference
+implementations". Conventions shared by every function:
 
 * ``eps = 2.220446049250313e-16`` (MATLAB ``eps``, :data:`EPS`); all arithmetic in float64 (``im2double``).
 * The saliency map is first resized to the ground-truth grid (:func:`audit.metrics._batch.resize_maps`:
@@ -39,9 +40,22 @@ from audit.metrics._batch import (
     resize_maps,
     row_chunks,
     row_range,
+    to_numpy,
 )
 
-__all__ = ["EPS", "auc_borji", "auc_judd", "cc", "center_prior", "info_gain", "kld", "nss", "sim"]
+__all__ = [
+    "EPS",
+    "auc_borji",
+    "auc_judd",
+    "cc",
+    "center_prior",
+    "info_gain",
+    "kld",
+    "nss",
+    "sauc",
+    "shuffled_fixation_map",
+    "sim",
+]
 
 #: MATLAB ``eps`` (``np.finfo(np.float64).eps``), the regulariser of the MIT benchmark code.
 EPS = 2.220446049250313e-16
@@ -280,6 +294,98 @@ def auc_judd(
             fp = np.concatenate(([0.0], (above_all - above_fix) / (npix - nf), [1.0]))
             out[sl.start + j] = trapezoid(tp, fp)
     return finalize(out, single)
+
+
+def sauc(saliency: Any, fixations: Any, other: Any) -> float | np.ndarray:
+    """Shuffled AUC (sAUC): ROC area of the map separating this image's fixations from other images'.
+
+    MIT saliency benchmark ``AUC_shuffled.m`` (Borji et al., ICCV 2013; Bylinskii et al. 2019, AUC
+    section). ``S`` is resized to the fixation grid; the positives are its values at the fixated pixels of
+    this image, the negatives its values at the fixated pixels of *other* images (``other``: their binary
+    union, the benchmark's ``otherMap``; :func:`shuffled_fixation_map` builds it from other images of any
+    size). Because the negatives share the observers' centre bias, a pure centre prior scores ≈ 0.5 here
+    while it scores high on AUC-Judd.
+
+    Convention (deliberate departure from the MATLAB code; pysaliency's
+    ``AUC_per_image(nonfixations="shuffled", thresholds="all")`` does the same, except that it keeps an other
+    image's fixation once per occurrence where the binary ``otherMap`` keeps each pixel once): the exact ROC
+    over all thresholds, with *all* negatives — ``P(S_pos > S_neg) + ½·P(S_pos = S_neg)`` (ties enter the
+    curve together, the trapezoid then counts them half), which equals scikit-learn ``roc_auc_score`` on the
+    pooled values. ``AUC_shuffled.m`` instead draws ``min(Nf, Nother)`` negatives per split (100 random
+    splits) and sweeps thresholds ``0:0.1:max`` on the min-max normalised map: a random, quantised estimate
+    of the same area. The exact value is deterministic and invariant to any increasing transform of ``S``
+    (the normalisation is therefore not needed).
+
+    Undefined (NaN): no fixation, no negative location in ``other``, non-finite values.
+
+    Args:
+        saliency: ``H×W`` or ``N×H×W`` saliency map(s) (any grid; resized to ``fixations``').
+        fixations: ``H×W`` or ``N×H×W`` binary fixation map(s) (non-zero = fixated).
+        other: binary map(s) of the other images' fixations on the same grid as ``fixations`` (``H×W`` is
+            broadcast over a batch).
+    """
+    s_all, f_all, single = pair_maps(
+        saliency, fixations, reference_name="fixations", reference_as_float=False
+    )
+    n = s_all.shape[0]
+    o_all, o_single = as_maps(other, "other", as_float=False)
+    if o_all.shape[1:] != f_all.shape[1:]:
+        raise MetricInputError(f"other must be on the fixation grid {f_all.shape[1:]}, got {o_all.shape[1:]}")
+    if o_all.shape[0] not in (1, n) or (not o_single and o_all.shape[0] != n):
+        raise MetricInputError(f"batch sizes differ: saliency has {n} maps, other has {o_all.shape[0]}")
+    if o_all.shape[0] != n:
+        o_all = np.broadcast_to(o_all, (n, *o_all.shape[1:]))
+    s_all, f_all, o_all = _flat(s_all), _flat(f_all), _flat(o_all)
+    out = np.full(n, _NAN)
+    for sl in row_chunks(*s_all.shape):
+        s = s_all[sl]
+        f = _fixated(f_all[sl])
+        o = _fixated(o_all[sl])
+        ok = finite_rows(s)
+        for j in np.flatnonzero(ok):
+            pos = s[j][f[j]].astype(np.float64)
+            neg = np.sort(s[j][o[j]].astype(np.float64))
+            if pos.size == 0 or neg.size == 0:
+                continue
+            below = np.searchsorted(neg, pos, side="left")  # negatives < each positive
+            tied = np.searchsorted(neg, pos, side="right") - below  # negatives == each positive
+            out[sl.start + j] = (below.sum() + 0.5 * tied.sum()) / (pos.size * neg.size)
+    return finalize(out, single)
+
+
+def shuffled_fixation_map(shape: tuple[int, int], others: Any) -> np.ndarray:
+    """The ``other`` map of :func:`sauc`: other images' fixated pixels carried onto a grid of ``shape``.
+
+    ``others`` is an iterable whose items are binary fixation maps of other images (any sizes) or
+    ``(rows, cols, (H_j, W_j))`` tuples of integer pixel coordinates with their image's shape. A fixation
+    at column ``x`` of an image ``W_j`` wide goes to column ``⌊x · W / W_j⌋`` (rows alike) — the rescaling of
+    pysaliency's ``FullShuffledNonfixationProvider`` (the MIT benchmark resizes the other fixation maps to
+    the image's size). Returns a bool ``H×W`` map, True where at least one other fixation lands.
+    """
+    h, w = (int(v) for v in shape)
+    if h < 1 or w < 1:
+        raise MetricInputError(f"shuffled_fixation_map needs a positive shape, got {shape}")
+    out = np.zeros((h, w), dtype=bool)
+    for item in others:
+        if isinstance(item, tuple):
+            rows, cols, (hj, wj) = item
+            rows = np.asarray(rows, dtype=np.float64)
+            cols = np.asarray(cols, dtype=np.float64)
+        else:
+            fm = to_numpy(item)
+            if fm.ndim != 2:
+                raise MetricInputError(f"each other fixation map must be H×W, got shape {fm.shape}")
+            hj, wj = fm.shape
+            r, c = np.nonzero(_fixated(fm))
+            rows, cols = r.astype(np.float64), c.astype(np.float64)
+        if rows.size == 0:
+            continue
+        if hj < 1 or wj < 1:
+            raise MetricInputError(f"an other image has an empty shape ({hj}, {wj})")
+        rr = np.clip((rows * (h / hj)).astype(np.int64), 0, h - 1)
+        cc_ = np.clip((cols * (w / wj)).astype(np.int64), 0, w - 1)
+        out[rr, cc_] = True
+    return out
 
 
 def _borji_thresholds(step_size: float) -> np.ndarray:

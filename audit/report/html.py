@@ -19,6 +19,7 @@ from audit.checks.counterfactual import COUNTERFACTUAL_METRICS
 from audit.checks.faithfulness import FAITHFULNESS_METRICS
 from audit.checks.gaze import GAZE_METRICS
 from audit.checks.localisation import LOCALISATION_METRICS
+from audit.checks.robustness import ROBUSTNESS_METRICS
 from audit.checks.shortcut import SHORTCUT_METRICS
 from audit.runner import AuditReport, ModelAudit
 
@@ -30,6 +31,7 @@ _BOXPLOTS: tuple[tuple[str, Sequence[str]], ...] = (
     ("faithfulness", tuple(FAITHFULNESS_METRICS)),
     ("shortcut", tuple(SHORTCUT_METRICS)),
     ("counterfactual", tuple(COUNTERFACTUAL_METRICS)),
+    ("robustness", tuple(ROBUSTNESS_METRICS)),
     ("repeatability", ("ssim", "spearman")),
     ("reproducibility", ("ssim", "spearman")),
 )

@@ -22,6 +22,8 @@ KEY_SCORES: tuple[tuple[str, str], ...] = (
     ("faithfulness", "insertion_minus_deletion"),
     ("shortcut", "marker_mass"),
     ("counterfactual", "marker_tv"),
+    ("gaze", "sauc"),
+    ("robustness", "max_sensitivity"),
 )
 
 

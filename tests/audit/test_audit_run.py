@@ -111,7 +111,19 @@ def test_run_passes_writes_reports_and_then_uses_the_cache(setup: dict[str, Path
         "cascading_randomisation",
         "subgroups",
         "counterfactual",
+        "robustness",
     } <= checks
+    gaze = next(r for r in m["results"] if r["check"] == "gaze")
+    assert gaze["summaries"]["sauc"]["n"] > 0  # negatives from the other reference cases' fixations
+    from audit.history import History
+
+    hist_db = History(setup["root"] / "history.sqlite")
+    try:
+        run = max(hist_db.runs("lr", 1), key=lambda r: r.id)
+        rows = {(r["check"], r["metric"]) for r in hist_db.summaries(run.id)}
+    finally:
+        hist_db.close()
+    assert {("gaze", "sauc"), ("robustness", "max_sensitivity"), ("robustness", "local_lipschitz")} <= rows
     occl = next(r for r in m["results"] if r["check"] == "counterfactual")
     assert occl["method"] == "gradcam"
     assert occl["summaries"]["marker_tv"]["n"] == m["n_cases"]  # every phantom case has a marker
