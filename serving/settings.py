@@ -111,6 +111,31 @@ class ServeSettings(BaseSettings):
     triton_protocol: Literal["http", "grpc"] = Field("http", description="tritonclient protocol.")
     triton_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards Triton.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with 503 answers.")
+    probe_interval_s: float = Field(
+        1.0, gt=0, description="Background readiness probe of every backend: seconds between probes."
+    )
+    probe_timeout_s: float = Field(
+        1.0, gt=0, description="Deadline of one readiness probe (a backend slower than this is not ready)."
+    )
+    breaker_fail_max: int = Field(
+        3, ge=1, description="Consecutive backend failures (unreachable, deadline) that open its breaker."
+    )
+    breaker_reset_s: float = Field(
+        5.0, gt=0, description="Seconds an open breaker refuses calls before letting one trial through."
+    )
+    integrity_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds between checks of the served registry artifacts (stat; sha256 re-verified on change). "
+            "A model whose artifacts no longer match its card is not ready and refuses requests."
+        ),
+    )
+    integrity_rehash_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds between full sha256 re-verifications even without a visible change (0: never).",
+    )
     ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @field_validator("models", mode="before")
