@@ -111,6 +111,16 @@ class ServeSettings(BaseSettings):
     triton_protocol: Literal["http", "grpc"] = Field("http", description="tritonclient protocol.")
     triton_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards Triton.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with 503 answers.")
+    workers: int = Field(
+        2,
+        ge=1,
+        description=(
+            "BentoML worker processes when the launch does not set a count (the container's bentoml serve). "
+            "2: a worker that crashes or is restarted leaves another serving while the arbiter replaces it "
+            "(its in-flight requests are lost and must be retried). Each worker holds its own copy of the "
+            "models (and of the torch twin), so memory grows with the count."
+        ),
+    )
     probe_interval_s: float = Field(
         1.0, gt=0, description="Background readiness probe of every backend: seconds between probes."
     )

@@ -373,3 +373,14 @@ def check_tamper_marks_not_ready(c: object, rt: Runtime, registry: Path, dicom: 
     assert c.get("/readyz").status_code == 200  # type: ignore[attr-defined]
     ok = c.post("/v1/predict?model=cxr-toy2", content=dicom, headers=DICOM)  # type: ignore[attr-defined]
     assert ok.status_code == 200
+
+
+def test_shipped_worker_count_is_at_least_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bentoml serve serving.service:MimicryService`` without a worker setting (the container) runs 2."""
+    for key in list(os.environ):
+        if key.startswith("MIMICRY_SERVE_"):
+            monkeypatch.delenv(key)
+    assert ServeSettings().workers >= 2
+    from serving.service import MimicryService
+
+    assert MimicryService.config["workers"] == ServeSettings().workers
