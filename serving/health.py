@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import logging
+import os
 import sys
 import threading
 import time
@@ -40,7 +41,15 @@ from serving.backends.guard import CLOSED, GuardedBackend
 from serving.backends.protocol import BackendError
 from serving.settings import ServeSettings
 
-__all__ = ["ArtifactWatch", "HealthMonitor", "ModelHealth", "main", "preflight", "verify_artifacts"]
+__all__ = [
+    "ArtifactWatch",
+    "HealthMonitor",
+    "ModelHealth",
+    "main",
+    "preflight",
+    "preflight_env",
+    "verify_artifacts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +393,26 @@ def preflight(settings: ServeSettings) -> list[ModelCard]:
             expected_signature(card, config)
         cards.append(card)
     return cards
+
+
+def preflight_env(env: Mapping[str, str]) -> list[ModelCard]:
+    """:func:`preflight` with the settings a server started with environment additions ``env`` will build
+    (the ``MIMICRY_SERVE_*`` variables and ``MIMICRY_SERVE_CONFIG`` a launcher passes to ``bentoml serve``),
+    e.g. ``_, extra = build_serve_invocation(...); preflight_env(extra)``. Errors as :func:`preflight`.
+    """
+    from serving.settings import load_serve_settings
+
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        os.environ.update(env)
+        settings = load_serve_settings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return preflight(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ import threading
 from typing import Any, Literal
 
 import numpy as np
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_none
 
 from mimicry.registry import ModelCard
 from mimicry.registry.pbtxt import TritonModelConfig
@@ -95,6 +96,23 @@ def expected_signature(card: ModelCard, config: TritonModelConfig | None) -> dic
         if sig["cam"][1] != [-1, k, h, w]:
             raise ModelMismatchError(f"{card.ref}: config.pbtxt cam grid differs from the card")
     return sig
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """The server accepted the call but did not answer in time (retrying would only wait again)."""
+    if exc is None:
+        return False
+    if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+        return True
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    text = f"{status or ''} {exc}"
+    return "DEADLINE_EXCEEDED" in text or "timed out" in text
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth one immediate retry on a fresh connection: the connection was refused, reset or dropped (a
+    pooled keep-alive connection to a Triton that restarted), not a timeout."""
+    return isinstance(exc, BackendUnavailableError) and not _timed_out(exc.__cause__)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -250,6 +268,16 @@ class TritonBackend:
         return self._provider
 
     def _infer_chunk(self, x: np.ndarray) -> BackendOutput:
+        """One call, retried once at once on a fresh connection after a dropped or refused connection
+        (tenacity); a timeout is not retried (the caller's deadline covers both attempts)."""
+        for attempt in Retrying(
+            stop=stop_after_attempt(2), retry=retry_if_exception(_transient), wait=wait_none(), reraise=True
+        ):
+            with attempt:
+                return self._infer_once(x)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _infer_once(self, x: np.ndarray) -> BackendOutput:
         if self.protocol == "grpc":
             import tritonclient.grpc as tc
         else:

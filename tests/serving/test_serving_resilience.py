@@ -29,8 +29,8 @@ from serving.backends.protocol import (
     DeadlineExceededError,
     ModelMismatchError,
 )
-from serving.health import ArtifactWatch, HealthMonitor, preflight
-from serving.launch import free_port
+from serving.health import ArtifactWatch, HealthMonitor, preflight, preflight_env
+from serving.launch import build_serve_invocation, free_port
 from serving.runtime import Runtime, active_runtime
 from serving.settings import ServeSettings
 from tests.serving.conftest import make_client
@@ -273,6 +273,21 @@ def test_preflight_refuses_a_tampered_artifact(own_registry: Path, backend: str)
     assert info.value.ref == "cxr-toy:1"
 
 
+def test_preflight_env_reads_what_the_launcher_passes(own_registry: Path) -> None:
+    _, extra = build_serve_invocation(
+        host="127.0.0.1", port=3000, workers=2, registry=own_registry, models=["cxr-toy2"], backend="triton",
+        device="cpu",
+    )  # fmt: skip
+    assert [c.ref for c in preflight_env(extra)] == ["cxr-toy2:1"]
+    assert "MIMICRY_SERVE_REGISTRY" not in os.environ or os.environ["MIMICRY_SERVE_REGISTRY"] != str(
+        own_registry
+    )
+    _flip_byte(own_registry / "cxr-toy2" / "1" / "card.json", offset=20)
+    with pytest.raises(IntegrityError) as info:
+        preflight_env(extra)
+    assert info.value.artifact == "card.json"
+
+
 def test_preflight_command_exits_non_zero(own_registry: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIMICRY_SERVE_")}
     env |= {"MIMICRY_SERVE_REGISTRY": str(own_registry), "MIMICRY_SERVE_BACKEND": "triton"}
@@ -384,3 +399,33 @@ def test_shipped_worker_count_is_at_least_two(monkeypatch: pytest.MonkeyPatch) -
     from serving.service import MimicryService
 
     assert MimicryService.config["workers"] == ServeSettings().workers
+
+
+def test_triton_call_retried_once_after_a_dropped_connection_not_after_a_timeout(registry_dir: Path) -> None:
+    from serving.backends.triton import TritonBackend
+
+    reg = Registry(registry_dir)
+    backend = TritonBackend(reg.card("cxr-toy"), url=f"127.0.0.1:{free_port()}", config=reg.config("cxr-toy"))
+    ok = BackendOutput(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32), np.zeros((1, 3, 8, 8)))
+    calls: list[int] = []
+
+    def dropped_then_ok(x: np.ndarray) -> BackendOutput:
+        calls.append(1)
+        if len(calls) == 1:
+            raise BackendUnavailableError("reset") from ConnectionResetError("reset by peer")
+        return ok
+
+    backend._infer_once = dropped_then_ok  # type: ignore[method-assign]
+    assert backend._infer_chunk(np.zeros((1, 1, 32, 32), np.float32)) is ok
+    assert len(calls) == 2
+
+    def timed_out(x: np.ndarray) -> BackendOutput:
+        calls.append(1)
+        raise BackendUnavailableError("slow") from TimeoutError("timed out")
+
+    calls.clear()
+    backend._infer_once = timed_out  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailableError):
+        backend._infer_chunk(np.zeros((1, 1, 32, 32), np.float32))
+    assert len(calls) == 1  # a timeout is not retried: the deadline would only be waited twice
+    backend.close()
