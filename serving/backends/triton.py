@@ -320,7 +320,10 @@ class TritonBackend:
         return parts[0] if len(parts) == 1 else BackendOutput.concat(parts)
 
     def is_ready(self) -> bool:
-        """Server live and ready, this model version ready, and its signature verified (short timeouts)."""
+        """Server live and ready, this model version ready, and its signature verified (short timeouts).
+
+        Once Triton has been unreachable or the model version not ready, the start-up check runs again
+        when it answers (a restarted Triton may serve something else)."""
         try:
             client = self._client(health=True)
             kw = self._timeout_kw(health=True)
@@ -330,7 +333,10 @@ class TritonBackend:
         except Exception:
             if self.protocol == "http":
                 self._reset_http()
+            self._verified = False
             return False
+        if not ok:
+            self._verified = False
         if ok and not self._verified:
             try:
                 self.verify()
