@@ -176,6 +176,7 @@ def build_backend(registry: Registry, card: ModelCard, settings: ServeSettings) 
         url=settings.triton_url,
         protocol=settings.triton_protocol,
         timeout_s=settings.triton_timeout_s,
+        health_timeout_s=settings.probe_timeout_s,
         config=registry.config(card.name),
     )
 

@@ -31,7 +31,9 @@ import numpy as np
 
 from mimicry.registry import ModelRef, Registry
 from serving import problems
+from serving.backends.guard import GuardedBackend
 from serving.backends.protocol import BackendOutput, BackendUnavailableError
+from serving.health import ArtifactWatch, HealthMonitor
 from serving.metrics import ServingMetrics, get_metrics
 from serving.pipeline import ServedModel, load_served_model, resolve_model_refs, warm_up
 from serving.settings import ServeSettings
@@ -79,7 +81,8 @@ class Runtime:
         self.metrics: ServingMetrics = get_metrics()
         self._dispatchers: dict[str, Any] = {}
         self._loaded = False
-        self._ready_cache: tuple[float, bool] = (0.0, False)
+        self.health: HealthMonitor | None = None
+        self._watches: dict[str, ArtifactWatch] = {}
         self._lock = threading.Lock()
         self.twin_limiter = anyio.CapacityLimiter(1)
         if load:
@@ -94,6 +97,7 @@ class Runtime:
             raise RuntimeError("no model to serve: the registry is empty and no model is configured")
         for ref in refs:
             model = load_served_model(self.registry, ref, self.settings)
+            self._guard(model)  # readiness: deadline + breaker + integrity watch
             if self.settings.warmup:
                 try:
                     warm_up(model, members=self.wants_members(model))
@@ -112,9 +116,12 @@ class Runtime:
             ).set(1)
             logger.info("serving %s (%s on %s)", model.card.ref, model.backend.name, model.backend.provider)
         self.default = self.aliases[refs[0]]
+        self._start_health()
         self._loaded = True
 
     def close(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         for model in self.models.values():
             model.backend.close()
         for dispatcher, _ in self._dispatchers.values():
@@ -125,35 +132,63 @@ class Runtime:
         """Every configured model is loaded (its backend may still be unreachable)."""
         return self._loaded
 
+    # ------------------------------------------------------------------ readiness (serving/health.py)
+
+    def _guard(self, model: ServedModel) -> None:
+        """Verify ``model``'s registry artifacts (typed ``IntegrityError`` at start-up, every backend) and
+        wrap its backend in a deadline + circuit breaker (the deadline only for a remote backend)."""
+        watch = ArtifactWatch(self.registry, model.card, rehash_s=self.settings.integrity_rehash_s)
+        watch.verify_strict()
+        self._watches[model.name] = watch
+        if not isinstance(model.backend, GuardedBackend):
+            remote = model.backend.name != "onnxruntime"
+            model.backend = GuardedBackend(
+                model.backend,
+                timeout_s=self.settings.triton_timeout_s if remote else None,
+                fail_max=self.settings.breaker_fail_max,
+                reset_timeout_s=self.settings.breaker_reset_s,
+                max_concurrency=max(4, self.settings.max_batch_size),
+            )
+
+    def _start_health(self) -> None:
+        """First readiness round synchronously (``/readyz`` is right from the start), then the background
+        probe thread."""
+        self.health = HealthMonitor(self.models, self.registry, self.settings, watches=self._watches)
+        self.health.run_once(integrity=False)  # the artifacts were just verified by _guard
+        self.health.start()
+
     def is_ready(self) -> bool:
-        """Loaded, warmed up, and every backend reachable (cached for one second)."""
-        if not self._loaded:
-            return False
-        now = time.monotonic()
-        at, value = self._ready_cache
-        if now - at < 1.0:
-            return value
-        value = all(m.backend.is_ready() for m in self.models.values())
-        self._ready_cache = (now, value)
-        return value
+        """Loaded, warmed up, every backend answering its probe and every artifact intact — the cached
+        result of the background probe (:class:`serving.health.HealthMonitor`); never calls a backend."""
+        return self._loaded and self.health is not None and self.health.ready()
 
     def readiness(self) -> dict[str, Any]:
-        """``/readyz`` details: readiness, the answering worker's PID (several workers share one port) and,
-        per model, version, backend and the provider actually used."""
-        return {
-            "ready": self.is_ready(),
-            "pid": os.getpid(),
-            "models": [
+        """``/readyz`` details from the cached probe state (instant): readiness, the answering worker's PID
+        (several workers share one port) and, per model, version, backend, the provider actually used, its
+        own readiness, why not, the circuit breaker state and when it was last checked (Unix time)."""
+        state = self.health.snapshot() if self.health is not None else {}
+        models = []
+        for m in self.models.values():
+            h = state.get(m.name)
+            models.append(
                 {
                     "name": m.name,
                     "version": m.card.version,
                     "backend": m.backend.name,
                     "provider": m.backend.provider,
-                    "ready": m.backend.is_ready(),
+                    "ready": bool(h and h.ready),
+                    "reason": h.reason if h else "not checked yet",
+                    "breaker": h.breaker if h else None,
+                    "checked_at": h.checked_at if h else None,
                 }
-                for m in self.models.values()
-            ],
-        }
+            )
+        return {"ready": self.is_ready(), "pid": os.getpid(), "models": models}
+
+    def retry_after_s(self, exc: BaseException | None = None) -> int:
+        """``Retry-After`` for a 503: what the error knows (an open breaker's remaining time), else the
+        configured ``retry_after_s``."""
+        value = getattr(exc, "retry_after_s", None)
+        return int(value) if value else self.settings.retry_after_s
 
     # ------------------------------------------------------------------ lookup
 

@@ -54,6 +54,7 @@ def _import_settings() -> ServeSettings | None:
 _AT_IMPORT = _import_settings()
 _MAX_BATCH = _AT_IMPORT.max_batch_size if _AT_IMPORT else 32
 _MAX_LATENCY_MS = _AT_IMPORT.max_latency_ms if _AT_IMPORT else 10_000
+_WORKERS = _AT_IMPORT.workers if _AT_IMPORT else 2  # default; BENTOML_CONFIG_OPTIONS overrides
 
 
 class EdgeMiddleware:
@@ -88,7 +89,7 @@ class EdgeMiddleware:
         await self._chain(scope, receive, send)
 
 
-@bentoml.service(name="mimicry", traffic={"timeout": 600}, metrics={"enabled": True})
+@bentoml.service(name="mimicry", workers=_WORKERS, traffic={"timeout": 600}, metrics={"enabled": True})
 @bentoml.asgi_app(create_app(), path="/", name="mimicry-http")
 class MimicryService:
     """Inference-and-audit service for explainable chest X-ray models (predictions, saliency, STOW-RS).

@@ -156,6 +156,41 @@ class ServeSettings(BaseSettings):
     triton_protocol: Literal["http", "grpc"] = Field("http", description="tritonclient protocol.")
     triton_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout towards Triton.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with 503 answers.")
+    workers: int = Field(
+        2,
+        ge=1,
+        description=(
+            "BentoML worker processes when the launch does not set a count (the container's bentoml serve). "
+            "2: a worker that crashes or is restarted leaves another serving while the arbiter replaces it "
+            "(its in-flight requests are lost and must be retried). Each worker holds its own copy of the "
+            "models (and of the torch twin), so memory grows with the count."
+        ),
+    )
+    probe_interval_s: float = Field(
+        1.0, gt=0, description="Background readiness probe of every backend: seconds between probes."
+    )
+    probe_timeout_s: float = Field(
+        1.0, gt=0, description="Deadline of one readiness probe (a backend slower than this is not ready)."
+    )
+    breaker_fail_max: int = Field(
+        3, ge=1, description="Consecutive backend failures (unreachable, deadline) that open its breaker."
+    )
+    breaker_reset_s: float = Field(
+        5.0, gt=0, description="Seconds an open breaker refuses calls before letting one trial through."
+    )
+    integrity_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds between checks of the served registry artifacts (stat; sha256 re-verified on change). "
+            "A model whose artifacts no longer match its card is not ready and refuses requests."
+        ),
+    )
+    integrity_rehash_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds between full sha256 re-verifications even without a visible change (0: never).",
+    )
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     uid_secret: SecretStr | None = Field(
         None,

@@ -1,5 +1,4 @@
-"""A local Triton Inference Server for a registry, through PyTriton (issue 5, "Triton"; REFERENCE.md, "Stack
-facts").
+"""A local Triton Inference Server for a registry, through PyTriton (docs/serving.md, "Triton").
 
 PyTriton starts a real ``tritonserver`` (HTTP/REST + gRPC, KServe v2 protocol) whose python backend hands
 each batch to this process, where the registry's verified ``model.onnx`` runs in ONNX Runtime. Every model

@@ -4,6 +4,8 @@ from serving.backends.protocol import (
     BackendError,
     BackendOutput,
     BackendUnavailableError,
+    CircuitOpenError,
+    DeadlineExceededError,
     InferenceBackend,
     ModelMismatchError,
 )
@@ -12,6 +14,8 @@ __all__ = [
     "BackendError",
     "BackendOutput",
     "BackendUnavailableError",
+    "CircuitOpenError",
+    "DeadlineExceededError",
     "InferenceBackend",
     "ModelMismatchError",
 ]

@@ -1,6 +1,6 @@
 """In-process ONNX Runtime backend.
 
-Provider choice (REFERENCE.md, "Stack facts": ``onnxruntime-gpu`` silently falls back to CPU, so the
+Provider choice (``onnxruntime-gpu`` silently falls back to CPU, so the
 provider is read back from ``session.get_providers()``, never assumed):
 
 * ``device="cpu"`` → ``CPUExecutionProvider``;

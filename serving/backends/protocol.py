@@ -1,4 +1,4 @@
-"""The one protocol every inference backend implements (DESIGN.md, "Shape": onnxruntime | triton).
+"""The one protocol every inference backend implements (onnxruntime | triton; docs/serving.md).
 
 A backend runs the registry's ONNX graph — ``image[N, 1, H, W] float32`` in, ``logits[N, K]``,
 ``probs[N, K]`` and ``cam[N, K, h, w]`` out (the in-graph Grad-CAM) — for one model version, and says which
@@ -20,6 +20,8 @@ __all__ = [
     "BackendError",
     "BackendOutput",
     "BackendUnavailableError",
+    "CircuitOpenError",
+    "DeadlineExceededError",
     "InferenceBackend",
     "ModelMismatchError",
 ]
@@ -30,7 +32,34 @@ class BackendError(Exception):
 
 
 class BackendUnavailableError(BackendError):
-    """The backend cannot be reached or is not ready (answered 503 with ``Retry-After``)."""
+    """The backend cannot be reached or is not ready (answered 503 with ``Retry-After``).
+
+    Attributes:
+        retry_after_s: When a retry may succeed (seconds, >= 1), if the raiser knows better than the
+            configured ``retry_after_s`` (e.g. the time until an open circuit breaker lets a trial through).
+    """
+
+    def __init__(self, message: str = "", *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(BackendUnavailableError):
+    """A backend call did not return within its deadline (the configured timeout); the call was abandoned
+    (its thread finishes on the client's own network timeout) and counted as a failure by the breaker.
+
+    Attributes:
+        timeout_s: The deadline that expired.
+    """
+
+    def __init__(self, message: str, *, timeout_s: float, retry_after_s: int | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.timeout_s = timeout_s
+
+
+class CircuitOpenError(BackendUnavailableError):
+    """Refused without calling the backend: its circuit breaker is open (the backend is down, hung or
+    failing) or a half-open trial call is already in flight."""
 
 
 class ModelMismatchError(BackendError):

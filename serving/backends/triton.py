@@ -1,19 +1,26 @@
 """Triton Inference Server backend (tritonclient, HTTP/REST or gRPC; KServe v2 protocol).
 
-The Triton server serves the registry directory itself (DESIGN.md, "The registry": it *is* a Triton model
+The Triton server serves the registry directory itself (README, "Architecture": it *is* a Triton model
 repository): a production Triton (NGC image, onnxruntime backend) or, locally and in tests,
 :mod:`serving.triton_local` (PyTriton). This backend asks for the card's exact model version.
 
-**Start-up check.** The model's metadata (``GET /v2/models/<name>/versions/<v>``: tensor names, datatypes,
-shapes) must equal what ``config.pbtxt`` and the card say — input ``image`` ``FP32 [-1, 1, H, W]``, outputs
-``logits``/``probs`` ``FP32 [-1, K]`` and ``cam`` ``FP32 [-1, K, h, w]`` with ``K`` the card's classes —
-otherwise :class:`~serving.backends.protocol.ModelMismatchError` refuses to start. When Triton is
-unreachable at start-up the check is deferred to the first moment it answers (the service starts, ``/readyz``
-stays 503 meanwhile).
+**Start-up check.** Triton must serve the card's model under its name and version (``versions`` of the
+model metadata), with the card's ``max_batch_size`` (model configuration vs ``config.pbtxt``) and the
+card's signature (``GET /v2/models/<name>/versions/<v>``: tensor names, datatypes, shapes) — input
+``image`` ``FP32 [-1, 1, H, W]``, outputs ``logits``/``probs`` ``FP32 [-1, K]`` and ``cam``
+``FP32 [-1, K, h, w]`` with ``K`` the card's classes — otherwise
+:class:`~serving.backends.protocol.ModelMismatchError` refuses to start. When Triton is unreachable at
+start-up the check is deferred to the first moment it answers (the service starts, ``/readyz`` stays 503
+meanwhile). The bytes Triton loads are the registry's own files, whose sha256 the service verifies against
+the card at start-up and re-verifies while running (:mod:`serving.health`).
 
-**Unreachable Triton.** :meth:`TritonBackend.is_ready` (short timeout) is false and
-:meth:`TritonBackend.infer` raises :class:`~serving.backends.protocol.BackendUnavailableError`, answered
-503 with ``Retry-After``.
+**Timeouts.** Every call has the configured ``timeout_s`` as its client-side limit (HTTP: connection and
+network timeouts of the client; gRPC: ``client_timeout``); health checks use the shorter
+``health_timeout_s``. :class:`serving.backends.guard.GuardedBackend` adds the hard deadline and the
+circuit breaker on top.
+
+**Unreachable Triton.** :meth:`TritonBackend.is_ready` is false and :meth:`TritonBackend.infer` raises
+:class:`~serving.backends.protocol.BackendUnavailableError`, answered 503 with ``Retry-After``.
 
 **Provider** reported in ``/readyz`` and ``mimicry_model_info``: ``triton:<platform or backend>`` from the
 model configuration Triton reports (``triton:onnxruntime_onnx`` on a production Triton, ``triton:python``
@@ -30,6 +37,7 @@ import threading
 from typing import Any, Literal
 
 import numpy as np
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_none
 
 from mimicry.registry import ModelCard
 from mimicry.registry.pbtxt import TritonModelConfig
@@ -45,7 +53,6 @@ __all__ = ["TritonBackend", "expected_signature"]
 logger = logging.getLogger(__name__)
 
 _OUTPUTS = ("logits", "probs", "cam")
-_HEALTH_TIMEOUT_S = 2.0
 _UNAVAILABLE_MARKERS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "connect", "Connection", "timed out", "refused")
 
 
@@ -91,6 +98,23 @@ def expected_signature(card: ModelCard, config: TritonModelConfig | None) -> dic
     return sig
 
 
+def _timed_out(exc: BaseException | None) -> bool:
+    """The server accepted the call but did not answer in time (retrying would only wait again)."""
+    if exc is None:
+        return False
+    if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+        return True
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    text = f"{status or ''} {exc}"
+    return "DEADLINE_EXCEEDED" in text or "timed out" in text
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth one immediate retry on a fresh connection: the connection was refused, reset or dropped (a
+    pooled keep-alive connection to a Triton that restarted), not a timeout."""
+    return isinstance(exc, BackendUnavailableError) and not _timed_out(exc.__cause__)
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     """A connection-level failure (refused, reset, timed out, gRPC UNAVAILABLE) rather than a bad request."""
     if isinstance(exc, OSError) or "Timeout" in type(exc).__name__:
@@ -107,7 +131,8 @@ class TritonBackend:
         card: The verified model card (name, version, classes).
         url: ``host:port`` (no scheme) of Triton's HTTP (default 8000) or gRPC (8001) endpoint.
         protocol: ``http`` or ``grpc``.
-        timeout_s: Per-request timeout.
+        timeout_s: Per-request timeout (connection set-up included).
+        health_timeout_s: Timeout of the health checks of :meth:`is_ready` (at most ``timeout_s``).
         config: The registry's parsed ``config.pbtxt`` for this model (what Triton loaded).
 
     Raises:
@@ -123,6 +148,7 @@ class TritonBackend:
         url: str,
         protocol: Literal["http", "grpc"] = "http",
         timeout_s: float = 10.0,
+        health_timeout_s: float = 2.0,
         config: TritonModelConfig | None = None,
     ) -> None:
         if protocol not in ("http", "grpc"):
@@ -131,6 +157,7 @@ class TritonBackend:
         self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self.health_timeout_s = min(health_timeout_s, timeout_s)
         self.model_name = card.name
         self.model_version = str(card.version)
         self.max_batch_size = config.max_batch_size if config is not None and config.max_batch_size > 0 else 0
@@ -161,7 +188,7 @@ class TritonBackend:
         if client is None:
             import tritonclient.http as httpclient
 
-            timeout = min(self.timeout_s, _HEALTH_TIMEOUT_S) if health else self.timeout_s
+            timeout = self.health_timeout_s if health else self.timeout_s
             client = httpclient.InferenceServerClient(
                 url=self.url, connection_timeout=timeout, network_timeout=timeout
             )
@@ -171,7 +198,7 @@ class TritonBackend:
     def _timeout_kw(self, health: bool = False) -> dict[str, Any]:
         if self.protocol != "grpc":
             return {}
-        return {"client_timeout": min(self.timeout_s, _HEALTH_TIMEOUT_S) if health else self.timeout_s}
+        return {"client_timeout": self.health_timeout_s if health else self.timeout_s}
 
     def _reset_http(self) -> None:
         for attr in ("health", "client"):
@@ -210,6 +237,17 @@ class TritonBackend:
             if self.protocol == "http":
                 self._reset_http()
             raise BackendUnavailableError(f"{self.card.ref}: triton metadata unavailable") from exc
+        if meta.get("name", self.model_name) != self.model_name or (
+            "versions" in meta and self.model_version not in [str(v) for v in meta["versions"]]
+        ):
+            raise ModelMismatchError(
+                f"{self.card.ref}: triton serves {meta.get('name')!r} versions {meta.get('versions')}"
+            )
+        if self.max_batch_size and int(cfg.get("max_batch_size", 0)) != self.max_batch_size:
+            raise ModelMismatchError(
+                f"{self.card.ref}: triton's max_batch_size {cfg.get('max_batch_size')} differs from "
+                f"config.pbtxt's {self.max_batch_size}"
+            )
         reported = {
             t["name"]: (t["datatype"], [int(d) for d in t["shape"]])
             for t in (*meta.get("inputs", []), *meta.get("outputs", []))
@@ -230,6 +268,16 @@ class TritonBackend:
         return self._provider
 
     def _infer_chunk(self, x: np.ndarray) -> BackendOutput:
+        """One call, retried once at once on a fresh connection after a dropped or refused connection
+        (tenacity); a timeout is not retried (the caller's deadline covers both attempts)."""
+        for attempt in Retrying(
+            stop=stop_after_attempt(2), retry=retry_if_exception(_transient), wait=wait_none(), reraise=True
+        ):
+            with attempt:
+                return self._infer_once(x)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _infer_once(self, x: np.ndarray) -> BackendOutput:
         if self.protocol == "grpc":
             import tritonclient.grpc as tc
         else:
@@ -272,7 +320,10 @@ class TritonBackend:
         return parts[0] if len(parts) == 1 else BackendOutput.concat(parts)
 
     def is_ready(self) -> bool:
-        """Server live and ready, this model version ready, and its signature verified (short timeouts)."""
+        """Server live and ready, this model version ready, and its signature verified (short timeouts).
+
+        Once Triton has been unreachable or the model version not ready, the start-up check runs again
+        when it answers (a restarted Triton may serve something else)."""
         try:
             client = self._client(health=True)
             kw = self._timeout_kw(health=True)
@@ -282,7 +333,10 @@ class TritonBackend:
         except Exception:
             if self.protocol == "http":
                 self._reset_http()
+            self._verified = False
             return False
+        if not ok:
+            self._verified = False
         if ok and not self._verified:
             try:
                 self.verify()
