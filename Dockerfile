@@ -111,5 +111,7 @@ EXPOSE 3000
 # BentoML's liveness endpoint; python (always present) instead of curl (not installed).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/livez', timeout=4)"]
-ENTRYPOINT ["bentoml", "serve", "serving.service:MimicryService"]
+# Verify the registry's artifacts against their cards first (a tampered or incomplete registry exits 2 with the
+# error, instead of a worker restart loop), then replace the shell with the server (signals reach it directly).
+ENTRYPOINT ["sh", "-c", "python -m serving.health preflight && exec bentoml serve serving.service:MimicryService \"$@\"", "serve"]
 CMD ["--host", "0.0.0.0", "--port", "3000"]

@@ -4,6 +4,7 @@ baked, the audit data directory owned by the runtime user."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -69,7 +70,13 @@ def test_runtime_is_non_root_with_healthcheck_labels_and_port() -> None:
     for key in ("title", "description", "version", "revision", "created", "licenses", "source"):
         assert f"org.opencontainers.image.{key}=" in labels
     (entry,) = [args for ins, args in runtime if ins == "ENTRYPOINT"]
-    assert entry == '["bentoml", "serve", "serving.service:MimicryService"]'
+    argv = json.loads(entry)
+    assert argv[:2] == ["sh", "-c"]
+    # The integrity pre-flight runs first and gates the server, which then replaces the shell.
+    preflight, serve = argv[2].split(" && ")
+    assert preflight == "python -m serving.health preflight"
+    assert serve.startswith("exec bentoml serve serving.service:MimicryService")
+    assert serve.endswith('"$@"')
     # The image and the Kubernetes manifests agree on the port and the user.
     docs = render("cpu")
     dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mimicry-serving")
