@@ -37,13 +37,30 @@ from mimicry.data import DatasetError
 from mimicry.preprocess import PreprocessSpec, preprocess
 from mimicry.saliency.iba import PAPER_MIN_SAMPLES, LayerStats, estimate_layer_stats, layer_name
 
-__all__ = ["AUDIT_ONLY_PARAMS", "IBA_METHODS", "IbaStatsProvider", "default_layers", "method_kwargs"]
+__all__ = [
+    "AUDIT_ONLY_PARAMS",
+    "IBA_METHODS",
+    "IbaStatsProvider",
+    "audit_only_params",
+    "default_layers",
+    "method_kwargs",
+]
 
 log = logging.getLogger(__name__)
 
 #: Saliency methods that take ``stats=``.
 IBA_METHODS = frozenset({"iba", "inverse_iba", "multilayer_iba"})
 AUDIT_ONLY_PARAMS = ("layer", "layers", "stats_samples", "stats_split")
+
+
+def audit_only_params(method: str) -> tuple[str, ...]:
+    """The policy parameters of ``method`` that :func:`method_kwargs` consumes (none for non-IBA methods):
+    ``layer`` for ``iba`` / ``inverse_iba``, ``layers`` for ``multilayer_iba``, and the statistics' sample
+    count and split for all three."""
+    if method not in IBA_METHODS:
+        return ()
+    return ("layers" if method == "multilayer_iba" else "layer", "stats_samples", "stats_split")
+
 _BATCH = 16
 
 

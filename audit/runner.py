@@ -214,6 +214,11 @@ class ModelAudit:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def status(self) -> str:
+        """``"error"`` (the audit, or a method of it, could not run), else ``"passed"`` / ``"failed"``."""
+        return "error" if self.errors else ("passed" if self.passed else "failed")
+
     def result(self, check: str, method: str) -> CheckResult | None:
         for r in self.results:
             if r.check == check and r.method == method:
@@ -235,6 +240,14 @@ class AuditReport:
     @property
     def passed(self) -> bool:
         return bool(self.models) and all(m.passed and not m.errors for m in self.models)
+
+    @property
+    def status(self) -> str:
+        """``"error"`` when any model's audit could not run (its verdicts are incomplete), else
+        ``"passed"`` / ``"failed"`` (the gate)."""
+        if any(m.errors for m in self.models):
+            return "error"
+        return "passed" if self.passed else "failed"
 
 
 def model_sha256(card: ModelCard) -> str:
