@@ -1,4 +1,5 @@
-"""Layer statistics for the IBA saliency methods in ``audit run`` (issue 6; Schulz et al. 2020, §3.1).
+"""Layer statistics for the IBA saliency methods in ``audit run`` (docs/audit.md, "IBA layer statistics";
+Schulz et al. 2020, §3.1).
 
 ``iba``, ``inverse_iba`` and ``multilayer_iba`` need ``stats=``: the per-feature mean and standard deviation
 ``μ_R, σ_R`` of the bottleneck layer's output over data (:func:`mimicry.saliency.iba.estimate_layer_stats`).
@@ -8,7 +9,8 @@
 1. the model card's ``iba_stats`` when it holds :class:`~mimicry.saliency.iba.LayerStats` of the wanted layer
    (``LayerStats.to_dict`` form, or ``{"layers": [...]}``);
 2. else a sidecar cache file (JSON, ``LayerStats.to_dict``) keyed by the model's sha256, the layer, the
-   sample count and the training split's case keys, in ``<history>.iba-stats/`` next to the history;
+   sample count and the training split's case keys, in ``<history>.iba-stats/`` next to the history (a file
+   without the active-element fractions ``nonzero`` is re-estimated);
 3. else estimated on the reference store's **training** split (the images the model would have seen; the
    scored test split stays unseen), preprocessed with the card's spec, and written to that cache.
 
@@ -60,6 +62,7 @@ def audit_only_params(method: str) -> tuple[str, ...]:
     if method not in IBA_METHODS:
         return ()
     return ("layers" if method == "multilayer_iba" else "layer", "stats_samples", "stats_split")
+
 
 _BATCH = 16
 
@@ -158,8 +161,9 @@ class IbaStatsProvider:
                 if path.is_file():
                     try:
                         s = LayerStats.from_dict(json.loads(path.read_text()))
-                        self._memory[mem_key] = s
-                        return s
+                        if s.nonzero is not None:  # older files lack the active-element fractions
+                            self._memory[mem_key] = s
+                            return s
                     except (OSError, ValueError, KeyError):
                         log.warning("ignoring an unreadable IBA statistics cache file")
             s = estimate_layer_stats(model, layer, self._batches(data, spec, n), n)

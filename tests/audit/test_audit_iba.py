@@ -4,6 +4,7 @@ multilayer_iba."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from mimicry.data.phantom import PhantomConfig, generate_phantom_dataset
 from mimicry.models import LeftRightToyNet
 from mimicry.preprocess import PreprocessSpec, preprocess
 from mimicry.registry import Registry
-from mimicry.saliency.iba import LayerStats, estimate_layer_stats
+from mimicry.saliency.iba import LayerStats, LayerStatsMismatchError, estimate_layer_stats
 
 SIZE = 32
 
@@ -72,6 +73,20 @@ def test_stats_estimated_on_the_train_split_and_cached(setup: dict[str, Path]) -
         torch.nn.Identity(), model_sha256="f" * 64, spec=spec, layer="block2", n_samples=4
     )
     np.testing.assert_array_equal(again.mean, s.mean)
+    np.testing.assert_array_equal(s.nonzero, expected.nonzero)  # the active-element fractions are cached too
+    # A sidecar written before the fractions were recorded is stale: it is re-estimated, not used.
+    old = json.loads(f.read_text())
+    del old["nonzero"]
+    f.write_text(json.dumps(old))
+    with pytest.raises(LayerStatsMismatchError):  # Identity has no block2: the model is run again
+        IbaStatsProvider(ref, cache).stats(
+            torch.nn.Identity(), model_sha256="f" * 64, spec=spec, layer="block2", n_samples=4
+        )
+    fresh = IbaStatsProvider(ref, cache).stats(
+        model, model_sha256="f" * 64, spec=spec, layer="block2", n_samples=4
+    )
+    np.testing.assert_array_equal(fresh.nonzero, expected.nonzero)
+    assert "nonzero" in json.loads(f.read_text())
 
 
 def test_audit_run_scores_the_iba_methods(setup: dict[str, Path]) -> None:
