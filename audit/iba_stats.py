@@ -41,6 +41,7 @@ from mimicry.saliency.iba import PAPER_MIN_SAMPLES, LayerStats, estimate_layer_s
 
 __all__ = [
     "AUDIT_ONLY_PARAMS",
+    "IBA_MAP_VERSION",
     "IBA_METHODS",
     "IbaStatsProvider",
     "audit_only_params",
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 #: Saliency methods that take ``stats=``.
 IBA_METHODS = frozenset({"iba", "inverse_iba", "multilayer_iba"})
 AUDIT_ONLY_PARAMS = ("layer", "layers", "stats_samples", "stats_split")
+#: Part of the per-case score cache key of the IBA methods: 2 = the map of Schulz et al.'s reference code
+#: (capacity of the last forward pass, active-element mask); scores cached under 1 are recomputed.
+IBA_MAP_VERSION = 2
 
 
 def audit_only_params(method: str) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ from audit.checks.localisation import baseline_map, localisation_scores
 from audit.checks.shortcut import shortcut_scores
 from audit.errors import AuditError, CheckInputError
 from audit.history import History
-from audit.iba_stats import AUDIT_ONLY_PARAMS, IbaStatsProvider, method_kwargs
+from audit.iba_stats import AUDIT_ONLY_PARAMS, IBA_MAP_VERSION, IBA_METHODS, IbaStatsProvider, method_kwargs
 from audit.policy import Policy, Verdict, evaluate, gate_passed
 from audit.reference import ReferenceCase, ReferenceSet
 from mimicry.preprocess import PreprocessSpec, unletterbox
@@ -331,6 +331,8 @@ class _Audit:
         }
         if mode != "whitebox":
             key["mode"] = mode
+        if method in IBA_METHODS:  # maps cached before the IBA readout matched the reference are stale
+            key["iba_map"] = IBA_MAP_VERSION
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def method_params(self, method: str, card: ModelCard, twin: torch.nn.Module) -> dict[str, Any]:

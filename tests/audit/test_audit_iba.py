@@ -114,3 +114,17 @@ def test_audit_run_scores_the_iba_methods(setup: dict[str, Path]) -> None:
             assert (nss.n + nss.n_dropped, nss.n >= 1) == (m.n_cases, True)
     sidecar = sorted(p.name.split("-")[1] for p in (setup["root"] / "h.sqlite.iba-stats").glob("*.json"))
     assert sidecar == ["block1", "block2"]  # iba / inverse_iba share block2; multilayer adds block1
+
+
+def test_cached_iba_scores_of_the_old_map_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import audit.runner as runner
+
+    state = types.SimpleNamespace(policy=Policy(methods=["iba"]), checks=["gaze"])
+    now = {m: runner._Audit.config_sha(state, m) for m in ("iba", "multilayer_iba", "gradcam")}  # type: ignore[arg-type]
+    monkeypatch.setattr(runner, "IBA_MAP_VERSION", 1)  # scores recorded before the readout fix
+    before = {m: runner._Audit.config_sha(state, m) for m in now}  # type: ignore[arg-type]
+    assert before["iba"] != now["iba"]
+    assert before["multilayer_iba"] != now["multilayer_iba"]
+    assert before["gradcam"] == now["gradcam"]  # other methods keep their cache
