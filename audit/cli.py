@@ -1,7 +1,10 @@
-"""``mimicry audit`` — run, history, watch (Typer app ``app``; wired into ``mimicry.cli`` by the lead).
+"""``mimicry audit`` — run, history, watch, policy check (Typer app ``app``, mounted by ``mimicry.cli``).
 
-Exit codes of ``audit run``: 0 every gate passed; 1 a gating criterion FAILed (or a model's audit errored):
-CI/CD blocks the promotion; 2 usage or input error (bad policy, unknown model, unreadable reference store).
+Exit codes of ``audit run`` (:data:`EXIT_CODES`; docs/audit.md, "Exit codes"): 0 every gate passed; 1 a gating
+criterion FAILed (CI/CD blocks the promotion); 2 usage or input error (bad policy, unknown model, unreadable
+reference store); 3 the audit could not run: a model's audit, or one of its methods, ended in an error, so its
+verdicts are incomplete (takes precedence over 1). ``audit policy check FILE`` exits 0 when the policy is
+valid, 2 when it is not.
 """
 
 from __future__ import annotations
@@ -27,11 +30,26 @@ from audit.settings import AuditSettings
 from audit.watch import parse_interval, watch
 from mimicry.registry import RegistryError
 
-__all__ = ["METHOD_ALIASES", "app", "parse_methods"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_FAILED",
+    "EXIT_PASSED",
+    "EXIT_USAGE",
+    "METHOD_ALIASES",
+    "app",
+    "parse_methods",
+]
+
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+#: ``audit run``'s exit code by the run's status.
+EXIT_CODES = {"passed": EXIT_PASSED, "failed": EXIT_FAILED, "error": EXIT_ERROR}
 
 app = typer.Typer(
     help="Audit explanations: scores, sanity checks, history, Prometheus.", no_args_is_help=True
 )
+policy_app = typer.Typer(help="Audit policy files.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 #: Short names of the seed papers' tables → registered saliency methods.
 METHOD_ALIASES = {
@@ -48,7 +66,7 @@ METHOD_ALIASES = {
 
 def _usage(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def parse_methods(text: str | None) -> list[str] | None:
@@ -116,8 +134,12 @@ def run_cmd(
     pushgateway: str | None = typer.Option(None, "--pushgateway", help="Push the metrics to this gateway."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
-    """Audit registry model(s) — or, with --endpoint, a running service's — against a reference store; exit 1
-    when a policy gate fails."""
+    """Audit registry model(s) — or, with --endpoint, a running service's — against a reference store.
+
+    Exit codes: 0 every gate passed; 1 a gating criterion FAILed; 2 usage or input error (bad policy, unknown
+    model, unreadable reference store); 3 the audit could not run (a model's audit or one of its methods
+    ended in an error: its verdicts are incomplete; takes precedence over 1).
+    """
     try:
         pol = load_policy(policy)
         if max_cases is not None:
@@ -144,7 +166,7 @@ def run_cmd(
         _usage(str(exc))
     for m in report.models:
         via = f" via {m.endpoint}" if m.endpoint else ""
-        typer.echo(f"\n{m.ref} ({m.architecture}{via}): {'PASS' if m.passed else 'FAIL'}")
+        typer.echo(f"\n{m.ref} ({m.architecture}{via}): {m.status.upper()}")
         for e in m.errors:
             typer.echo(f"  error: {e}")
         typer.echo(format_table(m.verdicts, methods=m.methods))
@@ -160,8 +182,26 @@ def run_cmd(
             metrics.push(pushgateway)
         except OSError as exc:
             typer.echo(f"warning: push to the Pushgateway failed: {exc}", err=True)
-    typer.echo(f"\naudit gate: {'PASSED' if report.passed else 'FAILED'}")
-    raise typer.Exit(0 if report.passed else 1)
+    status = report.status if report.models else "failed"
+    if status == "error":
+        typer.echo("\naudit gate: ERROR (the audit could not run as configured: see the errors above)")
+    else:
+        typer.echo(f"\naudit gate: {status.upper()}")
+    raise typer.Exit(EXIT_CODES[status])
+
+
+@policy_app.command("check")
+def policy_check_cmd(
+    file: Path = typer.Argument(..., help="Policy YAML to validate."),
+) -> None:
+    """Validate a policy file: schema, every method and method parameter against the saliency registry, every
+    check, metric and baseline against the audit's checks. Prints OK (exit 0) or each problem (exit 2)."""
+    try:
+        pol = load_policy(file)
+    except PolicyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(f"OK: {file.name}: {len(pol.criteria)} criteria, methods {', '.join(pol.methods)}")
 
 
 def _ts(t: float | None) -> str:

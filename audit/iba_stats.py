@@ -1,4 +1,5 @@
-"""Layer statistics for the IBA saliency methods in ``audit run`` (issue 6; Schulz et al. 2020, §3.1).
+"""Layer statistics for the IBA saliency methods in ``audit run`` (docs/audit.md, "IBA layer statistics";
+Schulz et al. 2020, §3.1).
 
 ``iba``, ``inverse_iba`` and ``multilayer_iba`` need ``stats=``: the per-feature mean and standard deviation
 ``μ_R, σ_R`` of the bottleneck layer's output over data (:func:`mimicry.saliency.iba.estimate_layer_stats`).
@@ -8,7 +9,8 @@
 1. the model card's ``iba_stats`` when it holds :class:`~mimicry.saliency.iba.LayerStats` of the wanted layer
    (``LayerStats.to_dict`` form, or ``{"layers": [...]}``);
 2. else a sidecar cache file (JSON, ``LayerStats.to_dict``) keyed by the model's sha256, the layer, the
-   sample count and the training split's case keys, in ``<history>.iba-stats/`` next to the history;
+   sample count and the training split's case keys, in ``<history>.iba-stats/`` next to the history (a file
+   without the active-element fractions ``nonzero`` is re-estimated);
 3. else estimated on the reference store's **training** split (the images the model would have seen; the
    scored test split stays unseen), preprocessed with the card's spec, and written to that cache.
 
@@ -37,13 +39,35 @@ from mimicry.data import DatasetError
 from mimicry.preprocess import PreprocessSpec, preprocess
 from mimicry.saliency.iba import PAPER_MIN_SAMPLES, LayerStats, estimate_layer_stats, layer_name
 
-__all__ = ["AUDIT_ONLY_PARAMS", "IBA_METHODS", "IbaStatsProvider", "default_layers", "method_kwargs"]
+__all__ = [
+    "AUDIT_ONLY_PARAMS",
+    "IBA_MAP_VERSION",
+    "IBA_METHODS",
+    "IbaStatsProvider",
+    "audit_only_params",
+    "default_layers",
+    "method_kwargs",
+]
 
 log = logging.getLogger(__name__)
 
 #: Saliency methods that take ``stats=``.
 IBA_METHODS = frozenset({"iba", "inverse_iba", "multilayer_iba"})
 AUDIT_ONLY_PARAMS = ("layer", "layers", "stats_samples", "stats_split")
+#: Part of the per-case score cache key of the IBA methods: 2 = the map of Schulz et al.'s reference code
+#: (capacity of the last forward pass, active-element mask); scores cached under 1 are recomputed.
+IBA_MAP_VERSION = 2
+
+
+def audit_only_params(method: str) -> tuple[str, ...]:
+    """The policy parameters of ``method`` that :func:`method_kwargs` consumes (none for non-IBA methods):
+    ``layer`` for ``iba`` / ``inverse_iba``, ``layers`` for ``multilayer_iba``, and the statistics' sample
+    count and split for all three."""
+    if method not in IBA_METHODS:
+        return ()
+    return ("layers" if method == "multilayer_iba" else "layer", "stats_samples", "stats_split")
+
+
 _BATCH = 16
 
 
@@ -141,8 +165,9 @@ class IbaStatsProvider:
                 if path.is_file():
                     try:
                         s = LayerStats.from_dict(json.loads(path.read_text()))
-                        self._memory[mem_key] = s
-                        return s
+                        if s.nonzero is not None:  # older files lack the active-element fractions
+                            self._memory[mem_key] = s
+                            return s
                     except (OSError, ValueError, KeyError):
                         log.warning("ignoring an unreadable IBA statistics cache file")
             s = estimate_layer_stats(model, layer, self._batches(data, spec, n), n)

@@ -14,19 +14,29 @@ import hashlib
 import json
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audit.checks.base import BootstrapSettings, CheckResult
+from audit.checks.counterfactual import COUNTERFACTUAL_METRICS
+from audit.checks.faithfulness import FAITHFULNESS_METRICS
+from audit.checks.gaze import GAZE_METRICS
+from audit.checks.localisation import LOCALISATION_METRICS
+from audit.checks.shortcut import SHORTCUT_METRICS
 from audit.errors import PolicyError
+from audit.iba_stats import audit_only_params
 
 __all__ = [
     "ALL_CHECKS",
+    "CHECK_BASELINES",
+    "CHECK_METRICS",
     "DEFAULT_POLICY_PATH",
     "BaselineRef",
     "Criterion",
@@ -36,6 +46,7 @@ __all__ = [
     "format_table",
     "gate_passed",
     "load_policy",
+    "policy_problems",
 ]
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy_default.yaml")
@@ -57,6 +68,38 @@ ALL_CHECKS: tuple[str, ...] = (
     "subgroups",
     "robustness",
 )
+
+#: The metrics each check reports (``fnmatch`` patterns where a name holds a model-specific part: the
+#: randomisation checks' per-stage ``ssim@<stage>``). ``subgroups`` reports ``<check>.<metric>.gap[<column>]``
+#: for every per-case metric of another check and every grouping column (see :func:`policy_problems`). A new
+#: check registers its metric names here (a test asserts every check of :data:`ALL_CHECKS` has an entry).
+CHECK_METRICS: dict[str, tuple[str, ...]] = {
+    "gaze": tuple(GAZE_METRICS),
+    "localisation": tuple(LOCALISATION_METRICS),
+    "shortcut": tuple(SHORTCUT_METRICS),
+    "counterfactual": tuple(COUNTERFACTUAL_METRICS),
+    "faithfulness": tuple(FAITHFULNESS_METRICS),
+    "cascading_randomisation": ("ssim_full", "spearman_full", "ssim@*", "spearman@*"),
+    "independent_randomisation": ("ssim_max", "ssim@*", "spearman@*"),
+    "repeatability": ("ssim", "spearman"),
+    "reproducibility": ("ssim", "spearman"),
+    "consistency": ("consistency", "accuracy"),
+    "runtime_reproducibility": ("probs_max_abs_diff", "cam_max_abs_diff"),
+    "subgroups": (),
+}
+
+#: The named baselines (``threshold: {baseline: NAME}``) each check records.
+CHECK_BASELINES: dict[str, tuple[str, ...]] = {
+    "localisation": ("average_mask",),
+    "shortcut": ("uniform",),
+    "counterfactual": ("control",),
+    "cascading_randomisation": ("degradation_threshold",),
+    "independent_randomisation": ("degradation_threshold",),
+    "repeatability": ("low",),
+    "reproducibility": ("low",),
+}
+
+_GAP = re.compile(r"^(?P<check>[a-z_]+)\.(?P<metric>.+)\.gap\[(?P<column>[^\]]+)\]$")
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -161,6 +204,13 @@ class Policy(_Strict):
             raise ValueError(f"duplicate criterion ids: {dup}")
         return v
 
+    @model_validator(mode="after")
+    def _semantics(self) -> Policy:
+        problems = policy_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @property
     def check_list(self) -> list[str]:
         return list(ALL_CHECKS) if self.checks == "all" else list(self.checks)
@@ -177,6 +227,101 @@ class Policy(_Strict):
     def sha256(self) -> str:
         """Hash of the canonical JSON form (identifies the policy in the history)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _metric_known(check: str, metric: str) -> bool:
+    return any(fnmatchcase(metric, pattern) for pattern in CHECK_METRICS.get(check, ()))
+
+
+def _type_problem(name: str, value: Any, default: Any) -> str | None:
+    """A value whose type cannot stand for the default's (int for int, number for float, bool for bool)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
+    if isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"{name} must be an integer, got {value!r}"
+    if isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else f"{name} must be a number, got {value!r}"
+    return None  # str / None defaults accept several types (e.g. a baseline: "black" or a number)
+
+
+def policy_problems(policy: Policy) -> list[str]:
+    """Everything in ``policy`` the audit could not run as written, one line each (empty: none).
+
+    * every method (``methods``, ``method_params`` keys, a criterion's ``methods``) is a registered saliency
+      method (:func:`mimicry.saliency.list_methods`);
+    * every ``method_params`` entry is a parameter of that method (its registry ``defaults``, the keyword
+      arguments :func:`mimicry.saliency.explain` accepts, of a type its default can stand for; for the IBA
+      methods also the audit's layer-statistics parameters, :func:`audit.iba_stats.audit_only_params`);
+    * every criterion's metric is one its check reports (:data:`CHECK_METRICS`; a ``subgroups`` gap names
+      another check's metric and a grouping column of ``subgroups.columns``), and every baseline threshold
+      names a baseline its check records (:data:`CHECK_BASELINES`).
+    """
+    from mimicry.saliency import get_method, list_methods
+
+    known = set(list_methods())
+    out: list[str] = []
+
+    def method_ok(where: str, name: str) -> bool:
+        if name in known:
+            return True
+        out.append(f"{where}: unknown saliency method {name!r}; known: {', '.join(sorted(known))}")
+        return False
+
+    for m in policy.methods:
+        method_ok("methods", m)
+    for m, params in policy.method_params.items():
+        if not method_ok("method_params", m):
+            continue
+        defaults = get_method(m).defaults
+        accepted = [*defaults, *audit_only_params(m)]
+        for key, value in params.items():
+            where = f"method_params.{m}.{key}"
+            if key not in accepted:
+                out.append(f"{where}: {m} takes no parameter {key!r}; its parameters: {', '.join(accepted)}")
+            elif key in defaults and (why := _type_problem(key, value, defaults[key])) is not None:
+                out.append(f"{where}: {why}")
+    for i, c in enumerate(policy.criteria):
+        where = f"criteria[{i}] ({c.id})"
+        for m in c.methods or ():
+            method_ok(f"{where}.methods", m)
+        if c.check == "subgroups":
+            g = _GAP.match(c.metric)
+            if g is None:
+                out.append(f"{where}.metric: {c.metric!r} is not CHECK.METRIC.gap[COLUMN]")
+            elif g["check"] not in CHECK_METRICS or g["check"] == "subgroups":
+                out.append(f"{where}.metric: {c.metric!r} names no check that subgroups break down")
+            elif not _metric_known(g["check"], g["metric"]):
+                out.append(f"{where}.metric: check {g['check']!r} reports no metric {g['metric']!r}")
+            elif g["column"] not in policy.subgroups.columns:
+                out.append(
+                    f"{where}.metric: {g['column']!r} is not a grouping column "
+                    f"(subgroups.columns: {', '.join(policy.subgroups.columns)})"
+                )
+        elif c.check in CHECK_METRICS and not _metric_known(c.check, c.metric):
+            out.append(
+                f"{where}.metric: check {c.check!r} reports no metric {c.metric!r}; "
+                f"its metrics: {', '.join(CHECK_METRICS[c.check])}"
+            )
+        if isinstance(c.threshold, BaselineRef) and c.check in CHECK_METRICS:
+            names = CHECK_BASELINES.get(c.check, ())
+            if c.threshold.baseline not in names:
+                out.append(
+                    f"{where}.threshold: check {c.check!r} records no baseline {c.threshold.baseline!r}"
+                    + (f"; its baselines: {', '.join(names)}" if names else "")
+                )
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem: ``location: message`` (pydantic's own text, without the input dump)."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.extend(f"  {loc + ': ' if loc else ''}{part}" for part in msg.splitlines())
+    return "\n".join(lines)
 
 
 def load_policy(path: Path | str | None = None) -> Policy:
@@ -197,7 +342,7 @@ def load_policy(path: Path | str | None = None) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(f"policy file {p.name!r} is invalid:\n{exc}") from exc
+        raise PolicyError(f"policy file {p.name!r} is invalid:\n{_describe(exc)}") from None
 
 
 @dataclass(frozen=True)

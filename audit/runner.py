@@ -93,7 +93,7 @@ from audit.checks.localisation import baseline_map, localisation_scores
 from audit.checks.shortcut import shortcut_scores
 from audit.errors import AuditError, CheckInputError
 from audit.history import History
-from audit.iba_stats import AUDIT_ONLY_PARAMS, IbaStatsProvider, method_kwargs
+from audit.iba_stats import AUDIT_ONLY_PARAMS, IBA_MAP_VERSION, IBA_METHODS, IbaStatsProvider, method_kwargs
 from audit.policy import Policy, Verdict, evaluate, gate_passed
 from audit.reference import ReferenceCase, ReferenceSet
 from mimicry.preprocess import PreprocessSpec, unletterbox
@@ -219,6 +219,11 @@ class ModelAudit:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def status(self) -> str:
+        """``"error"`` (the audit, or a method of it, could not run), else ``"passed"`` / ``"failed"``."""
+        return "error" if self.errors else ("passed" if self.passed else "failed")
+
     def result(self, check: str, method: str) -> CheckResult | None:
         for r in self.results:
             if r.check == check and r.method == method:
@@ -240,6 +245,14 @@ class AuditReport:
     @property
     def passed(self) -> bool:
         return bool(self.models) and all(m.passed and not m.errors for m in self.models)
+
+    @property
+    def status(self) -> str:
+        """``"error"`` when any model's audit could not run (its verdicts are incomplete), else
+        ``"passed"`` / ``"failed"`` (the gate)."""
+        if any(m.errors for m in self.models):
+            return "error"
+        return "passed" if self.passed else "failed"
 
 
 def model_sha256(card: ModelCard) -> str:
@@ -327,6 +340,8 @@ class _Audit:
             key["mode"] = mode
         if self.shuffled is not None:  # sAUC depends on which other cases are in the pool
             key["gaze_pool"] = self.shuffled.fingerprint
+        if method in IBA_METHODS:  # maps cached before the IBA readout matched the reference are stale
+            key["iba_map"] = IBA_MAP_VERSION
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def method_params(self, method: str, card: ModelCard, twin: torch.nn.Module) -> dict[str, Any]:

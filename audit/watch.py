@@ -1,5 +1,7 @@
 """Continual audit (``mimicry audit watch``): audit every new or changed registry version as it appears,
-re-audit each on a schedule, and keep the Prometheus metrics current (served on ``/metrics``).
+re-audit each on a schedule, and keep the Prometheus metrics current (served on ``/metrics``). An audit that
+cannot run (a method errors, or the audit raises) shows as ``mimicry_audit_status{status="error"} 1`` for that
+version, never as a FAIL, and the loop goes on.
 
 A version is (re-)audited when it is new, when its artifacts' sha256 changed, or when ``interval_s`` has
 passed since its last audit; the registry is polled every ``poll_s`` seconds.
@@ -94,7 +96,14 @@ def watch(
             last = seen.get((name, version))
             if last is not None and last[0] == sha and now - last[1] < interval_s:
                 continue
-            report = run_audit(dataclasses.replace(config, models=[f"{name}:{version}"]))
+            try:
+                report = run_audit(dataclasses.replace(config, models=[f"{name}:{version}"]))
+            except (AuditError, RegistryError) as exc:
+                # e.g. an unreadable reference store: an error state, not a FAIL; retried next interval
+                log.error("audit of %s:%s could not run: %s", name, version, type(exc).__name__)
+                metrics.observe_error(name, version)
+                seen[(name, version)] = (sha, time.time())
+                continue
             metrics.observe(report)
             seen[(name, version)] = (sha, time.time())
             audits += 1

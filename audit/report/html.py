@@ -45,11 +45,11 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 img{max-width:100%}pre{background:#f5f5f5;padding:1em}
 </style></head><body>
 <h1>mimicry audit report</h1>
-<p>Generated {{ generated }} — gate <b>{{ "PASSED" if passed else "FAILED" }}</b>,
+<p>Generated {{ generated }} — gate <b>{{ status | upper }}</b>,
 policy {{ policy_sha[:12] }}.
 Research use; not for clinical decisions.</p>
 {% for m in models %}
-<h2>{{ m.ref }} ({{ m.architecture }}) — {{ "PASS" if m.passed else "FAIL" }}</h2>
+<h2>{{ m.ref }} ({{ m.architecture }}) — {{ m.status | upper }}</h2>
 <p>{{ m.n_cases }} reference cases, {{ m.n_cached }} from the cache, {{ "%.1f"|format(m.duration_s) }} s.</p>
 {% for e in m.errors %}<p class="FAIL">{{ e }}</p>{% endfor %}
 <table><tr><th>Method</th>{% for c in m.columns %}<th>{{ c }}</th>{% endfor %}</tr>
@@ -201,6 +201,7 @@ def _model_context(m: ModelAudit) -> dict[str, Any]:
         "ref": m.ref,
         "architecture": m.architecture,
         "passed": m.passed,
+        "status": m.status,
         "n_cases": m.n_cases,
         "n_cached": m.n_cached,
         "duration_s": m.duration_s,
@@ -222,6 +223,7 @@ def render_html(report: AuditReport) -> str:
     return env.from_string(_TEMPLATE).render(
         generated=datetime.fromtimestamp(report.finished, tz=UTC).isoformat(timespec="seconds"),
         passed=report.passed,
+        status=report.status,
         policy_sha=report.policy.sha256,
         models=[_model_context(m) for m in report.models],
         comparisons=comparisons,

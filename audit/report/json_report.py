@@ -1,14 +1,15 @@
 """``report.json``: the machine-readable audit report (schema ``mimicry.audit.report``, version 1).
 
 Top level: ``schema``, ``schema_version``, ``started`` / ``finished`` (ISO 8601 UTC), ``passed`` (the gate),
-``config``, ``policy`` (+ ``policy_sha256``), ``models`` and ``comparisons``. Each model: ``ref``, ``model``,
+``status`` (``passed`` / ``failed`` / ``error``: a model's audit could not run), ``config``, ``policy``
+(+ ``policy_sha256``), ``models`` and ``comparisons``. Each model: ``ref``, ``model``,
 ``version``, ``sha256`` (white-box: of the registry artifacts; black-box: the endpoint's ``model.onnx``),
 ``architecture``, ``mode`` (``whitebox`` / ``blackbox``), ``endpoint``, ``not_applicable`` (check → why
-it could not run), ``run_id`` (history), ``passed``, ``errors``, ``n_cases``, ``n_cached``, ``duration_s``,
-``methods``, ``table`` (the Table-2-shaped text), ``verdicts`` (criterion, column, method, status, value,
-threshold, op, gate, reason) and ``results`` (check, method, summaries with bootstrap CIs, baselines,
-details, per-case ``values`` keyed by non-identifying case keys). Non-finite numbers are written as ``null``
-so the file is strict JSON.
+it could not run), ``run_id`` (history), ``passed``, ``status``, ``errors``, ``n_cases``, ``n_cached``,
+``duration_s``, ``methods``, ``table`` (the Table-2-shaped text), ``verdicts`` (criterion, column, method,
+status, value, threshold, op, gate, reason) and ``results`` (check, method, summaries with bootstrap CIs,
+baselines, details, per-case ``values`` keyed by non-identifying case keys). Non-finite numbers are written as
+``null`` so the file is strict JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def model_dict(m: ModelAudit) -> dict[str, Any]:
         "not_applicable": dict(m.not_applicable),
         "run_id": m.run_id,
         "passed": m.passed,
+        "status": m.status,
         "errors": list(m.errors),
         "n_cases": m.n_cases,
         "n_cached": m.n_cached,
@@ -72,6 +74,7 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
             "started": _iso(report.started),
             "finished": _iso(report.finished),
             "passed": report.passed,
+            "status": report.status,
             "config": report.config,
             "policy": report.policy.model_dump(mode="json"),
             "policy_sha256": report.policy.sha256,

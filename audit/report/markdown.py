@@ -35,12 +35,12 @@ def render_markdown(report: AuditReport) -> str:
     lines = [
         "# mimicry audit summary",
         "",
-        f"**Gate: {'PASSED' if report.passed else 'FAILED'}** — policy `{report.policy.sha256[:12]}`, "
+        f"**Gate: {report.status.upper()}** — policy `{report.policy.sha256[:12]}`, "
         f"{len(report.models)} model version(s).",
         "",
     ]
     for m in report.models:
-        lines += [f"## {m.ref} ({m.architecture}) — {'PASS' if m.passed else 'FAIL'}", ""]
+        lines += [f"## {m.ref} ({m.architecture}) — {m.status.upper()}", ""]
         lines += [
             f"{m.n_cases} reference cases ({m.n_cached} scores from the cache), {m.duration_s:.1f} s.",
             "",

@@ -4,6 +4,7 @@ multilayer_iba."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from mimicry.data.phantom import PhantomConfig, generate_phantom_dataset
 from mimicry.models import LeftRightToyNet
 from mimicry.preprocess import PreprocessSpec, preprocess
 from mimicry.registry import Registry
-from mimicry.saliency.iba import LayerStats, estimate_layer_stats
+from mimicry.saliency.iba import LayerStats, LayerStatsMismatchError, estimate_layer_stats
 
 SIZE = 32
 
@@ -72,6 +73,20 @@ def test_stats_estimated_on_the_train_split_and_cached(setup: dict[str, Path]) -
         torch.nn.Identity(), model_sha256="f" * 64, spec=spec, layer="block2", n_samples=4
     )
     np.testing.assert_array_equal(again.mean, s.mean)
+    np.testing.assert_array_equal(s.nonzero, expected.nonzero)  # the active-element fractions are cached too
+    # A sidecar written before the fractions were recorded is stale: it is re-estimated, not used.
+    old = json.loads(f.read_text())
+    del old["nonzero"]
+    f.write_text(json.dumps(old))
+    with pytest.raises(LayerStatsMismatchError):  # Identity has no block2: the model is run again
+        IbaStatsProvider(ref, cache).stats(
+            torch.nn.Identity(), model_sha256="f" * 64, spec=spec, layer="block2", n_samples=4
+        )
+    fresh = IbaStatsProvider(ref, cache).stats(
+        model, model_sha256="f" * 64, spec=spec, layer="block2", n_samples=4
+    )
+    np.testing.assert_array_equal(fresh.nonzero, expected.nonzero)
+    assert "nonzero" in json.loads(f.read_text())
 
 
 def test_audit_run_scores_the_iba_methods(setup: dict[str, Path]) -> None:
@@ -99,3 +114,17 @@ def test_audit_run_scores_the_iba_methods(setup: dict[str, Path]) -> None:
             assert (nss.n + nss.n_dropped, nss.n >= 1) == (m.n_cases, True)
     sidecar = sorted(p.name.split("-")[1] for p in (setup["root"] / "h.sqlite.iba-stats").glob("*.json"))
     assert sidecar == ["block1", "block2"]  # iba / inverse_iba share block2; multilayer adds block1
+
+
+def test_cached_iba_scores_of_the_old_map_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import audit.runner as runner
+
+    state = types.SimpleNamespace(policy=Policy(methods=["iba"]), checks=["gaze"])
+    now = {m: runner._Audit.config_sha(state, m) for m in ("iba", "multilayer_iba", "gradcam")}  # type: ignore[arg-type]
+    monkeypatch.setattr(runner, "IBA_MAP_VERSION", 1)  # scores recorded before the readout fix
+    before = {m: runner._Audit.config_sha(state, m) for m in now}  # type: ignore[arg-type]
+    assert before["iba"] != now["iba"]
+    assert before["multilayer_iba"] != now["multilayer_iba"]
+    assert before["gradcam"] == now["gradcam"]  # other methods keep their cache

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -252,3 +253,147 @@ def test_prometheus_scrapes_watch_and_the_pushgateway(tmp_path: Path) -> None:
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+# ------------------------------------------------------------------ an audit that cannot run: error, not FAIL
+
+
+def _lines(metrics: AuditMetrics) -> set[str]:
+    return set(generate_latest(metrics.registry).decode().splitlines())
+
+
+def _status_lines(model: str, version: str, status: str, name: str = "mimicry_audit_status") -> set[str]:
+    return {
+        f'{name}{{model="{model}",status="{s}",version="{version}"}} {1.0 if s == status else 0.0}'
+        for s in ("passed", "failed", "error")
+    }
+
+
+def test_an_errored_audit_is_an_error_state_and_replaces_the_versions_old_series() -> None:
+    metrics = AuditMetrics()
+    report = _report()
+    metrics.observe(report)
+    assert _status_lines("cxr", "3", "passed") <= _lines(metrics)
+    # The next audit of the same version: gradcam errored, so it has no results and only N/A verdicts.
+    m = ModelAudit("cxr", 3, "ab" * 32, "toy", ["gradcam"], errors=["method gradcam: SaliencyError: x"])
+    m.verdicts = [Verdict("nss", "Gaze", "gradcam", "N/A", None, 0.0, ">", True, "check not run")]
+    metrics.observe(AuditReport({}, report.policy, [m], [], started=2000.0, finished=2001.0))
+    lines = _lines(metrics)
+    assert _status_lines("cxr", "3", "error") <= lines
+    text = "\n".join(lines)
+    assert "mimicry_audit_check_passed{" not in text  # neither the old PASS nor a FAIL
+    assert "mimicry_audit_score{" not in text
+    assert 'mimicry_audit_runs_total{status="error"} 1.0' in lines
+    assert 'mimicry_audit_runs_total{status="failed"} 0.0' in lines
+    assert "mimicry_audit_last_success_timestamp_seconds 1012.5" in lines  # not advanced by the errored run
+    # A version whose audit raised before it produced a report.
+    metrics.observe_error("cxr", 4)
+    assert _status_lines("cxr", "4", "error") <= _lines(metrics)
+    # A probe that errored: probe_status error, probe_up 0.
+    metrics.observe_probe(AuditReport({}, report.policy, [m], [], started=3000.0, finished=3001.0))
+    lines = _lines(metrics)
+    assert _status_lines("cxr", "3", "error", "mimicry_audit_probe_status") <= lines
+    assert "mimicry_audit_probe_up 0.0" in lines
+
+
+# IG's batch_size must be positive: valid on load (an integer parameter of IG), refused when IG runs.
+BROKEN = """
+version: 1
+methods: [gradcam, integrated_gradients]
+method_params:
+  integrated_gradients: {steps: 4, batch_size: 0}
+checks: [gaze, runtime_reproducibility]
+bootstrap: {n_resamples: 200}
+criteria:
+  - {id: runtime_probs, group: Runtime, label: PROBS, check: runtime_reproducibility,
+     metric: probs_max_abs_diff, statistic: max, op: "<=", threshold: 1.0e-4}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("prom_error")
+    generate_phantom_dataset(root / "ref", PhantomConfig(n=6, size=48, seed=5))
+    Registry(root / "registry").publish(
+        LeftRightToyNet().eval(),
+        name="lr",
+        held_batch=torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)),
+        preprocessing=PreprocessSpec(size=32),
+    )
+    (root / "broken.yaml").write_text(BROKEN)
+    return root
+
+
+def test_watch_shows_an_audit_that_cannot_run_as_an_error(tiny: Path) -> None:
+    from audit.policy import load_policy
+    from audit.runner import AuditConfig
+    from audit.watch import watch
+
+    config = AuditConfig(
+        registry=tiny / "registry",
+        models=["all"],
+        reference=tiny / "ref",
+        policy=load_policy(tiny / "broken.yaml"),
+        history_path=None,
+    )
+    metrics = AuditMetrics()
+    reports: list[AuditReport] = []
+    assert watch(config, metrics, interval_s=3600, poll_s=0.01, max_cycles=1, on_report=reports.append) == 1
+    assert reports[0].status == "error"
+    lines = _lines(metrics)
+    assert _status_lines("lr", "1", "error") <= lines
+    # gradcam ran and passed; integrated_gradients errored: no verdict series for it at all (not a FAIL)
+    check = (
+        'mimicry_audit_check_passed{check="runtime_reproducibility",method="gradcam",model="lr",version="1"}'
+    )
+    assert f"{check} 1.0" in lines
+    assert 'method="integrated_gradients"' not in "\n".join(lines)
+    # The reference store vanishes: the audit raises; the loop records an error state and goes on.
+    gone = dataclasses.replace(config, reference=tiny / "no-such-reference")
+    assert watch(gone, metrics, interval_s=3600, poll_s=0.01, max_cycles=1) == 0
+    assert _status_lines("lr", "1", "error") <= _lines(metrics)
+    assert check not in "\n".join(_lines(metrics))
+
+
+@pytest.mark.integration
+def test_pushgateway_receives_an_error_state_from_audit_run(tiny: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gw_bin = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if gw_bin is None:
+        pytest.fail("the prometheus-pushgateway binary is not installed: run scripts/system-deps.sh")
+    port = _free_port()
+    gw = subprocess.Popen(
+        [gw_bin, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tiny / 'gw.db'}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/-/ready", time.monotonic() + 30)
+        res = CliRunner().invoke(
+            app,
+            [
+                "run", "--registry", str(tiny / "registry"), "--model", "lr:1",
+                "--reference", str(tiny / "ref"), "--policy", str(tiny / "broken.yaml"),
+                "--no-history", "--no-progress",
+                "--pushgateway", f"http://127.0.0.1:{port}",
+            ],
+        )  # fmt: skip
+        assert res.exit_code == 3, res.output  # could not run: neither 0 (passed) nor 1 (a gate FAILed)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        _stop(gw)
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    status = {
+        s.labels["status"]: s.value
+        for s in samples
+        if s.name == "mimicry_audit_status" and s.labels.get("job") == "mimicry_audit"
+    }
+    assert status == {"passed": 0.0, "failed": 0.0, "error": 1.0}
+    runs = {s.labels["status"]: s.value for s in samples if s.name == "mimicry_audit_runs_total"}
+    assert runs == {"passed": 0.0, "failed": 0.0, "error": 1.0}
+    checks = [s for s in samples if s.name == "mimicry_audit_check_passed"]
+    assert checks
+    assert all(s.labels["method"] == "gradcam" for s in checks)  # the errored method has no verdict series
+    assert all(s.value == 1.0 for s in checks)  # and nothing reads as a FAIL
