@@ -29,6 +29,8 @@ from audit.checks.counterfactual import COUNTERFACTUAL_METRICS
 from audit.checks.faithfulness import FAITHFULNESS_METRICS
 from audit.checks.gaze import GAZE_METRICS
 from audit.checks.localisation import LOCALISATION_METRICS
+from audit.checks.random_logit import RANDOM_LOGIT_METRICS
+from audit.checks.robustness import ROBUSTNESS_METRICS
 from audit.checks.shortcut import SHORTCUT_METRICS
 from audit.errors import PolicyError
 from audit.iba_stats import audit_only_params
@@ -85,6 +87,8 @@ CHECK_METRICS: dict[str, tuple[str, ...]] = {
     "reproducibility": ("ssim", "spearman"),
     "consistency": ("consistency", "accuracy"),
     "runtime_reproducibility": ("probs_max_abs_diff", "cam_max_abs_diff"),
+    "random_logit": tuple(RANDOM_LOGIT_METRICS),
+    "robustness": tuple(ROBUSTNESS_METRICS),
     "subgroups": (),
 }
 
@@ -97,6 +101,8 @@ CHECK_BASELINES: dict[str, tuple[str, ...]] = {
     "independent_randomisation": ("degradation_threshold",),
     "repeatability": ("low",),
     "reproducibility": ("low",),
+    "random_logit": ("degradation_threshold",),
+    "robustness": ("unrelated",),
 }
 
 _GAP = re.compile(r"^(?P<check>[a-z_]+)\.(?P<metric>.+)\.gap\[(?P<column>[^\]]+)\]$")
