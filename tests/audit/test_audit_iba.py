@@ -121,7 +121,7 @@ def test_cached_iba_scores_of_the_old_map_are_not_reused(monkeypatch: pytest.Mon
 
     import audit.runner as runner
 
-    state = types.SimpleNamespace(policy=Policy(methods=["iba"]), checks=["gaze"])
+    state = types.SimpleNamespace(policy=Policy(methods=["iba"]), checks=["gaze"], shuffled=None)
     now = {m: runner._Audit.config_sha(state, m) for m in ("iba", "multilayer_iba", "gradcam")}  # type: ignore[arg-type]
     monkeypatch.setattr(runner, "IBA_MAP_VERSION", 1)  # scores recorded before the readout fix
     before = {m: runner._Audit.config_sha(state, m) for m in now}  # type: ignore[arg-type]
