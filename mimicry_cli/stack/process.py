@@ -1,7 +1,7 @@
 """Spawn, health-check and stop the local stack's processes by process group, and keep its state file.
 
-Issue 7, "Local stack (no Docker)": ``mimicry stack up`` starts its components "as child processes it tracks
-by PID" and ``mimicry stack down`` "stops exactly those". How that is made exact:
+``mimicry stack up`` starts its components as child processes it tracks by PID and ``mimicry stack down``
+stops exactly those (docs/deploy.md, local stack). How that is made exact:
 
 * every component runs in **its own session and process group** (``start_new_session=True``: pgid = sid =
   the leader's PID), so a component's helpers (BentoML's workers, PyTriton's ``tritonserver``) share the group
@@ -16,7 +16,7 @@ by PID" and ``mimicry stack down`` "stops exactly those". How that is made exact
 * the state file is written atomically (temporary file in the same directory + :func:`os.replace`) after each
   spawn, so a crash half-way through ``up`` still leaves a state that ``down`` can use.
 
-Nothing here imports ``serving`` or ``audit`` (DESIGN.md, "Shape": core imports none of the applications).
+Nothing here imports ``serving`` or ``audit``: the components are commands started by subprocess.
 """
 
 from __future__ import annotations
