@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import psutil
+
+from mimicry.io import atomic_write_text
 
 __all__ = [
     "STATE_VERSION",
@@ -152,21 +153,8 @@ class ProcessRecord:
 # ------------------------------------------------------------------------------------------------ state file
 def write_state(path: Path, records: Sequence[ProcessRecord]) -> None:
     """Write the state JSON atomically (temporary file in the same directory, fsync, :func:`os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": STATE_VERSION, "components": [r.to_json() for r in records]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def read_state(path: Path) -> list[ProcessRecord]:
