@@ -87,3 +87,24 @@ def test_audit_is_the_audit_apps_own_command_group() -> None:
 def test_unknown_command_fails() -> None:
     result = CliRunner().invoke(app, ["no-such-command"])
     assert result.exit_code != 0
+
+
+def test_registry_promote_goes_through_the_audit_gate(tmp_path: Path) -> None:
+    """The composition root builds ``registry`` with the audit's promotion gate (loaded when promote runs):
+    with an audit required and none recorded, promotion is refused; ``--force`` overrides it."""
+    from mimicry.registry import Registry
+    from tests.registry import publish_toy
+
+    root = tmp_path / "registry"
+    publish_toy(Registry(root), "cxr-toy")
+    env = {
+        "MIMICRY_AUDIT_HISTORY_DB": str(tmp_path / "history.sqlite"),
+        "MIMICRY_AUDIT_REQUIRE_AUDIT_FOR_PROMOTION": "true",
+    }
+    args = ["registry", "promote", "cxr-toy:1", "--registry", str(root)]
+    refused = CliRunner().invoke(app, args, env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "no audit history" in refused.output
+    forced = CliRunner().invoke(app, [*args, "--force"], env=env)
+    assert forced.exit_code == 0, forced.output
+    assert Registry(root).aliases("cxr-toy") == {"production": 1}
