@@ -1,7 +1,7 @@
 """The promotion gate: ``mimicry registry promote`` refuses a version whose latest audit failed.
 
 :func:`make_gate_factory` returns the ``gate_factory(registry) -> gate`` that
-:func:`mimicry.commands.registry.make_app` takes; the gate reads the audit history (:class:`AuditSettings`
+:func:`mimicry_cli.commands.registry.make_app` takes; the gate reads the audit history (:class:`AuditSettings`
 ``history_db``) and looks up the latest *finished* run of exactly that version's artifacts (sha256). A failed
 (or errored) latest audit refuses; so does a missing audit when ``require_audit_for_promotion`` is set.
 ``--force`` overrides the refusal and the registry records it in ``alias_history.jsonl``.
@@ -41,7 +41,8 @@ def audit_gate(history_db: Path | str, *, require_audit: bool = False) -> Gate:
 
 
 def make_gate_factory(settings: AuditSettings | None = None) -> Callable[[Registry], Gate]:
-    """``gate_factory`` for :func:`mimicry.commands.registry.make_app` (settings read once, at the edge)."""
+    """``gate_factory`` for :func:`mimicry_cli.commands.registry.make_app` (settings read once, at the
+    edge)."""
     s = settings or AuditSettings()
 
     def factory(_registry: Registry) -> Gate:

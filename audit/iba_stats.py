@@ -36,6 +36,7 @@ import torch
 from audit.errors import ReferenceDataError
 from audit.reference import ReferenceSet, case_key
 from mimicry.data import DatasetError
+from mimicry.io import atomic_write_text
 from mimicry.preprocess import PreprocessSpec, preprocess
 from mimicry.saliency.iba import PAPER_MIN_SAMPLES, LayerStats, estimate_layer_stats, layer_name
 
@@ -173,10 +174,7 @@ class IbaStatsProvider:
             s = estimate_layer_stats(model, layer, self._batches(data, spec, n), n)
             self._memory[mem_key] = s
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(s.to_dict()))
-                tmp.replace(path)
+                atomic_write_text(path, json.dumps(s.to_dict()))
             return s
 
 

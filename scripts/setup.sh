@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mimicry-install-stamp
 want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import mimicry' 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import mimicry, mimicry_cli' 2>/dev/null; then
   exit 0
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 def quiet_third_party_phi() -> None:
     """pydicom's warnings and log records quote malformed attribute values (names, UIDs): keep them out.
 
-    Same policy as ``mimicry.cli.quiet_third_party_phi`` (replicated: serving must not import the CLI).
+    Same policy as ``mimicry_cli.main.quiet_third_party_phi`` (replicated: serving must not import the CLI).
     """
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?")

@@ -7,8 +7,8 @@ Every field comes from, in decreasing priority: keyword arguments, environment v
 :class:`mimicry.settings.IngestSettings` unchanged.
 
 ``bentoml serve serving.service:MimicryService`` builds one :class:`ServeSettings` per worker process at
-service start-up; :func:`mimicry.commands.serve.serve_command` exports the CLI options as these environment
-variables so that every worker sees the same configuration.
+service start-up; :func:`mimicry_cli.commands.serve.serve_command` exports the CLI options as these
+environment variables so that every worker sees the same configuration.
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from mimicry.io import atomic_path, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -51,17 +51,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match the run it is loaded into."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON (NaN/inf rejected) to ``path`` atomically."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
@@ -69,19 +58,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``text`` to ``path`` atomically (:func:`mimicry.io.atomic_write_text`)."""
+    atomic_write_text(path, text)
 
 
 def sha256_file(path: Path) -> str:
@@ -177,17 +155,8 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"state-e{epoch:04d}.safetensors"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata={"format": str(CHECKPOINT_FORMAT), "epoch": str(epoch)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+    with atomic_path(directory / name, suffix=".safetensors") as tmp:
+        save_file(dict(tensors), str(tmp), metadata={"format": str(CHECKPOINT_FORMAT), "epoch": str(epoch)})
     index = {
         "format": CHECKPOINT_FORMAT,
         "epoch": int(epoch),

@@ -67,6 +67,7 @@ __all__ = [
     "recipe_settings_class",
     "register_recipe_settings",
     "registered_recipe_settings",
+    "set_recipe_discovery",
 ]
 
 EARLY_STOPPING_METRICS: tuple[str, ...] = ("val_loss", "val_accuracy", "val_auroc")
@@ -307,10 +308,21 @@ def recipe_settings_class(name: str) -> type[RecipeSettings]:
         ) from None
 
 
-def _load_recipes() -> None:
-    from training.recipes import load_recipe_modules  # lazy: the recipes import this module
+#: Imports the recipe modules, each of which registers its settings class here. The ``training`` package
+#: installs it (:func:`set_recipe_discovery`): the recipes import this module, never the other way round.
+_recipe_discovery: Callable[[], None] | None = None
 
-    load_recipe_modules()
+
+def set_recipe_discovery(discover: Callable[[], None]) -> None:
+    """Install the function that registers every recipe's settings (called before a recipe name is looked
+    up; the ``training`` package passes :func:`training.recipes.load_recipe_modules`)."""
+    global _recipe_discovery
+    _recipe_discovery = discover
+
+
+def _load_recipes() -> None:
+    if _recipe_discovery is not None:
+        _recipe_discovery()
 
 
 # --------------------------------------------------------------------------------------------- root

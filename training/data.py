@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from torch.utils.data import (
 )
 
 from mimicry.data import EgdDataset, patient_split
+from mimicry.io import atomic_writer
 from mimicry.preprocess import PreprocessSpec, letterbox, preprocess
 from training.config import DataConfig, TrainConfig
 from training.seeding import derive_seed, make_generator, seed_worker
@@ -373,16 +372,8 @@ def load_or_build_arrays(
         except (OSError, ValueError, KeyError):
             log.warning("unreadable tensor cache %s: rebuilding", path.name)
     arrays = build_case_arrays(dataset, spec, roi_anatomy)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, order_digest=np.array(order), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        np.savez(fh, order_digest=np.array(order), **arrays)
     return arrays
 
 

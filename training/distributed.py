@@ -32,7 +32,6 @@ import contextlib
 import datetime
 import logging
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ __all__ = [
     "average_parameters",
     "barrier",
     "broadcast_module",
+    "env_rank",
     "env_world_size",
     "main_process_first",
     "reduce_sums",
@@ -98,6 +98,11 @@ def _env_int(name: str, default: int) -> int:
 def env_world_size() -> int:
     """``WORLD_SIZE`` from the environment (1 when unset)."""
     return _env_int("WORLD_SIZE", 1)
+
+
+def env_rank() -> int:
+    """``RANK`` from the environment (0 when unset)."""
+    return _env_int("RANK", 0)
 
 
 def setup(device: str) -> DistContext:
@@ -243,51 +248,3 @@ def reduce_sums(ctx: DistContext, sums: dict[str, float], weights: dict[str, flo
     n = len(all_keys)
     for i, k in enumerate(all_keys):
         sums[k], weights[k] = float(vec[i]), float(vec[n + i])
-
-
-def _state_digest(module: nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``torchrun --nproc_per_node=N -m training.distributed CONFIG RUN_DIR [--resume]``.
-
-    Trains ``CONFIG`` data-parallel (any launcher that sets the torchrun variables works; without them it is
-    a single-process run) and prints one JSON line per rank: ``rank``, ``world_size``, ``test_metrics`` and
-    ``state_sha256`` (a digest of the rank's final module state: equal on every rank when the replicas stayed
-    in sync). ``mimicry train`` under torchrun trains the same way.
-    """
-    import argparse
-    import json
-
-    from training.config import load_config
-    from training.loop import train
-
-    parser = argparse.ArgumentParser(prog="python -m training.distributed")
-    parser.add_argument("config")
-    parser.add_argument("run_dir")
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-    result = train(load_config(args.config), args.run_dir, resume=args.resume)
-    line = {
-        "rank": _env_int("RANK", 0),
-        "world_size": env_world_size(),
-        "test_metrics": result.test_metrics,
-        "state_sha256": _state_digest(result.recipe.modules),
-    }
-    # One write of the whole line: ranks share stdout, and print() writes the text and the newline separately
-    # (two syscalls when stdout is unbuffered), which let two ranks' lines interleave. A single write below
-    # PIPE_BUF (4096 bytes) to a pipe is atomic.
-    sys.stdout.write(json.dumps(line) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through torchrun in tests
-    raise SystemExit(main())

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from audit.report.html import render_html
 from audit.report.json_report import report_dict
 from audit.report.markdown import render_markdown
 from audit.runner import AuditReport
+from mimicry.io import atomic_write_text
 
 __all__ = ["write_reports"]
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_reports(report: AuditReport, out_dir: Path | str) -> dict[str, Path]:
@@ -25,7 +19,7 @@ def write_reports(report: AuditReport, out_dir: Path | str) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "summary.md", "html": out / "report.html"}
-    _atomic(paths["json"], json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n")
-    _atomic(paths["markdown"], render_markdown(report) + "\n")
-    _atomic(paths["html"], render_html(report))
+    atomic_write_text(paths["json"], json.dumps(report_dict(report), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["markdown"], render_markdown(report) + "\n")
+    atomic_write_text(paths["html"], render_html(report))
     return paths

@@ -1,6 +1,6 @@
 """Triton ``config.pbtxt`` for a registry model: generation and a small parser to verify it.
 
-A registry directory is a Triton model repository (DESIGN.md, "The registry"), so every model directory
+A registry directory is a Triton model repository (docs/serving.md, Triton), so every model directory
 carries the `model configuration <https://github.com/triton-inference-server/server/blob/main/docs/
 user_guide/model_configuration.md>`_ Triton reads: ``platform: "onnxruntime_onnx"``, ``max_batch_size`` > 0
 (so every ``dims`` below omits the batch dimension), one FP32 input ``image [1, H, W]`` and three FP32 outputs
@@ -9,20 +9,24 @@ user_guide/model_configuration.md>`_ Triton reads: ``platform: "onnxruntime_onnx
 ``candidate``) can point at any of them (``latest { num_versions: N }`` would unload older aliased versions).
 
 Triton requires one configuration for all versions of a model, hence :func:`check_compatible`.
-The parser reads the protobuf text format subset Triton configs use (messages, repeated fields, ``[ ]``
-lists, strings, numbers, enum identifiers, ``#`` comments); it returns plain dicts of lists.
+Reading is protobuf's text-format parser with Triton's ``ModelConfig`` schema (from tritonclient), not a
+parser of our own.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mimicry.registry.errors import IncompatibleVersionError, RegistryError
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 __all__ = [
     "PbtxtSyntaxError",
@@ -41,7 +45,7 @@ CLASS_NAMES_PARAMETER = "mimicry.class_names"
 
 
 class PbtxtSyntaxError(RegistryError, ValueError):
-    """Text that is not a (supported) protobuf text-format message."""
+    """Text that is not a Triton ``ModelConfig`` in protobuf text format, or lacks what the registry needs."""
 
 
 class TritonConfig(BaseModel):
@@ -177,169 +181,69 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+|\#[^\n]*)
-  | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
-  | (?P<punct>[{}\[\]:,;<>])
-    """,
-    re.VERBOSE,
-)
+def parse_pbtxt(text: str) -> ModelConfig:
+    """Parse a ``config.pbtxt`` with protobuf's text-format parser into Triton's own ``ModelConfig`` message
+    (``tritonclient.grpc.model_config_pb2``): the schema Triton itself loads, so an unknown field, a wrong
+    type, an unknown enum value or a scalar given twice is refused exactly as Triton would refuse it.
 
-
-def _tokenize(text: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            line = text.count("\n", 0, pos) + 1
-            raise PbtxtSyntaxError(f"unexpected character at line {line}")
-        pos = m.end()
-        kind = m.lastgroup or ""
-        if kind != "ws":
-            tokens.append((kind, m.group()))
-    return tokens
-
-
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.tokens = _tokenize(text)
-        self.i = 0
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def take(self, value: str | None = None) -> tuple[str, str]:
-        tok = self.peek()
-        if tok is None:
-            raise PbtxtSyntaxError("unexpected end of text")
-        if value is not None and tok[1] != value:
-            raise PbtxtSyntaxError(f"expected {value!r}, got {tok[1]!r}")
-        self.i += 1
-        return tok
-
-    def message(self, close: str | None) -> dict[str, list[Any]]:
-        fields: dict[str, list[Any]] = {}
-        while True:
-            tok = self.peek()
-            if tok is None:
-                if close is not None:
-                    raise PbtxtSyntaxError(f"missing {close!r}")
-                return fields
-            if close is not None and tok[1] == close:
-                self.take()
-                return fields
-            kind, key = self.take()
-            if kind != "ident":
-                raise PbtxtSyntaxError(f"expected a field name, got {key!r}")
-            nxt = self.peek()
-            if nxt is not None and nxt[1] == ":":
-                self.take()
-            values = fields.setdefault(key, [])
-            nxt = self.peek()
-            if nxt is not None and nxt[1] == "[":
-                self.take()
-                if self.peek() is not None and self.peek()[1] == "]":  # type: ignore[index]
-                    self.take()
-                else:
-                    while True:
-                        values.append(self.value())
-                        sep = self.take()[1]
-                        if sep == "]":
-                            break
-                        if sep != ",":
-                            raise PbtxtSyntaxError(f"expected ',' or ']' in a list of {key!r}")
-            else:
-                values.append(self.value())
-            nxt = self.peek()
-            if nxt is not None and nxt[1] in (",", ";"):
-                self.take()
-
-    def value(self) -> Any:
-        kind, tok = self.take()
-        if tok in ("{", "<"):
-            return self.message("}" if tok == "{" else ">")
-        if kind == "str":
-            parts = [tok]
-            while self.peek() is not None and self.peek()[0] == "str":  # type: ignore[index]
-                parts.append(self.take()[1])  # adjacent literals concatenate
-            return "".join(_unquote(p) for p in parts)
-        if kind == "num":
-            return float(tok) if any(c in tok for c in ".eE") else int(tok)
-        if kind == "ident":
-            return tok
-        raise PbtxtSyntaxError(f"unexpected {tok!r}")
-
-
-def _unquote(literal: str) -> str:
-    body = literal[1:-1]
-    try:
-        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
-    except UnicodeDecodeError as exc:
-        raise PbtxtSyntaxError("bad escape in a string literal") from exc
-
-
-def parse_pbtxt(text: str) -> dict[str, list[Any]]:
-    """Parse protobuf text format into ``{field: [values…]}`` (every field is a list: repeated or not).
-
-    Nested messages become nested dicts of the same shape; enum values are returned as identifiers
-    (``"TYPE_FP32"``), integers as ``int``.
+    Raises:
+        PbtxtSyntaxError: the text does not parse against the schema (the message gives line and column).
     """
-    return _Parser(text).message(None)
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        where = f"line {exc.GetLine()}, column {exc.GetColumn()}: " if exc.GetLine() is not None else ""
+        raise PbtxtSyntaxError(f"config.pbtxt {where}{_parse_message(exc)}") from None
 
 
-def _one(fields: dict[str, list[Any]], key: str, where: str) -> Any:
-    values = fields.get(key, [])
-    if len(values) != 1:
-        raise PbtxtSyntaxError(f"{where}: expected exactly one {key!r}, found {len(values)}")
-    return values[0]
-
-
-def _tensors(fields: dict[str, list[Any]], key: str) -> tuple[TensorConfig, ...]:
-    out = []
-    for t in fields.get(key, []):
-        if not isinstance(t, dict):
-            raise PbtxtSyntaxError(f"{key} entries must be messages")
-        dims = tuple(int(d) for d in t.get("dims", []))
-        out.append(TensorConfig(str(_one(t, "name", key)), str(_one(t, "data_type", key)), dims))
-    return tuple(out)
+def _parse_message(exc: Exception) -> str:
+    """The parser's reason without its own ``LINE:COLUMN :`` prefix."""
+    return re.sub(r"^\d+:\d+ : ", "", str(exc))
 
 
 def read_model_config(text: str) -> TritonModelConfig:
-    """Parse a ``config.pbtxt`` and extract the fields the registry checks.
+    """Parse a ``config.pbtxt`` (:func:`parse_pbtxt`) and extract the fields the registry checks.
 
     Raises:
-        PbtxtSyntaxError: the text does not parse or lacks a required field.
+        PbtxtSyntaxError: the text does not parse, or lacks ``name``, ``platform`` or a ``max_batch_size`` > 0
+            (the registry's tensors omit the batch dimension), or its class-name parameter is not a JSON list.
     """
-    fields = parse_pbtxt(text)
-    policy = fields.get("version_policy", [])
-    if not policy:
-        version_policy = "latest"  # Triton's default: latest 1
-    elif isinstance(policy[0], dict) and len(policy[0]) == 1:
-        version_policy = next(iter(policy[0]))
-    else:
-        raise PbtxtSyntaxError("version_policy must hold one of all / latest / specific")
+    from tritonclient.grpc import model_config_pb2
+
+    config = parse_pbtxt(text)
+    for key in ("name", "platform"):
+        if not getattr(config, key):
+            raise PbtxtSyntaxError(f"config: missing {key!r}")
+    if config.max_batch_size <= 0:
+        raise PbtxtSyntaxError("config: 'max_batch_size' is missing or not > 0")
+    # No version_policy: Triton's default, latest 1.
+    version_policy = config.version_policy.WhichOneof("policy_choice") or "latest"
     class_names: tuple[str, ...] | None = None
-    for p in fields.get("parameters", []):
-        if isinstance(p, dict) and p.get("key") == [CLASS_NAMES_PARAMETER]:
-            value = _one(p, "value", "parameters")
-            raw = _one(value, "string_value", "parameters") if isinstance(value, dict) else None
-            try:
-                decoded = json.loads(str(raw))
-            except json.JSONDecodeError as exc:
-                raise PbtxtSyntaxError(f"{CLASS_NAMES_PARAMETER} is not a JSON list") from exc
-            if not isinstance(decoded, list):
-                raise PbtxtSyntaxError(f"{CLASS_NAMES_PARAMETER} is not a JSON list")
-            class_names = tuple(str(c) for c in decoded)
+    if CLASS_NAMES_PARAMETER in config.parameters:
+        raw = config.parameters[CLASS_NAMES_PARAMETER].string_value
+        try:
+            decoded = json.loads(raw)
+        except json.JSONDecodeError:
+            decoded = None
+        if not isinstance(decoded, list):
+            raise PbtxtSyntaxError(f"{CLASS_NAMES_PARAMETER} is not a JSON list")
+        class_names = tuple(str(c) for c in decoded)
+
+    def tensors(entries: Iterable[Any]) -> tuple[TensorConfig, ...]:
+        return tuple(
+            TensorConfig(t.name, model_config_pb2.DataType.Name(t.data_type), tuple(int(d) for d in t.dims))
+            for t in entries
+        )
+
     return TritonModelConfig(
-        name=str(_one(fields, "name", "config")),
-        platform=str(_one(fields, "platform", "config")),
-        max_batch_size=int(_one(fields, "max_batch_size", "config")),
-        inputs=_tensors(fields, "input"),
-        outputs=_tensors(fields, "output"),
+        name=config.name,
+        platform=config.platform,
+        max_batch_size=int(config.max_batch_size),
+        inputs=tensors(config.input),
+        outputs=tensors(config.output),
         version_policy=version_policy,
         class_names=class_names,
     )

@@ -52,6 +52,7 @@ import numpy as np
 from pydantic import ValidationError
 from torch import Tensor
 
+from mimicry.io import atomic_write_bytes
 from mimicry.models.base import CamClassifier
 from mimicry.models.zoo import ArchitectureError, architecture_of, build_model
 from mimicry.preprocess import PreprocessSpec
@@ -262,20 +263,8 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    """Replace ``path`` atomically (:func:`mimicry.io.atomic_write_bytes`), mode 0644."""
+    atomic_write_bytes(path, data, mode=0o644)
 
 
 def _check_name(name: str) -> str:

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from audit.cli import app
 from audit.gate import make_gate_factory
 from audit.settings import AuditSettings
-from mimicry.commands.registry import make_app
 from mimicry.data.phantom import PhantomConfig, generate_phantom_dataset
 from mimicry.models import LeftRightToyNet
 from mimicry.preprocess import PreprocessSpec
 from mimicry.registry import Registry
+from mimicry_cli.commands.registry import make_app
 
 SIZE = 32
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mimicry.cli import app
+from mimicry_cli.main import app
 
 
 @pytest.fixture(scope="module")

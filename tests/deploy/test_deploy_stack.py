@@ -3,8 +3,8 @@ toy registry and a phantom reference store, one ``/v1/predict`` and one two-inst
 service and Triton, Prometheus'
 query API sees every target up and the service, Triton and audit series, ``stack down`` leaves no process.
 
-``up`` and ``down`` run as real commands (``python -m mimicry.commands.stack``), so the stack's processes are
-orphans of the test like they are of a user's shell.
+``up`` and ``down`` run as real commands (``python -m mimicry_cli.commands.stack``), so the stack's processes
+are orphans of the test like they are of a user's shell.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pytest
 
 from mimicry.data.phantom import PhantomConfig, generate_phantom_dataset
 from mimicry.registry import Registry
-from mimicry.stack.config import PORT_NAMES
-from mimicry.stack.process import read_state
+from mimicry_cli.stack.config import PORT_NAMES
+from mimicry_cli.stack.process import read_state
 from tests.deploy._support import ROOT
 from tests.registry import publish_toy
 
@@ -68,7 +68,7 @@ def _connections(proc: psutil.Process) -> list:
 
 def _stack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mimicry.commands.stack", *args],
+        [sys.executable, "-m", "mimicry_cli.commands.stack", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

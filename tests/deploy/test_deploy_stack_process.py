@@ -24,9 +24,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mimicry.commands import stack as stack_cmd
-from mimicry.stack import config as stack_config
-from mimicry.stack.process import (
+from mimicry_cli.commands import stack as stack_cmd
+from mimicry_cli.stack import config as stack_config
+from mimicry_cli.stack.process import (
     ProcessRecord,
     StackStartError,
     StateFileError,
@@ -476,7 +476,7 @@ def test_status_and_down_use_the_state_file(spawned: list, tmp_path: Path) -> No
 
 def test_core_stack_package_imports_no_application() -> None:
     code = (
-        "import sys, mimicry.stack; "
+        "import sys, mimicry_cli.stack; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('serving', 'audit')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -130,28 +130,28 @@ def test_read_model_config_round_trip() -> None:
 
 
 def test_parse_pbtxt_general_syntax() -> None:
+    """Comments, adjacent string literals, negative numbers, booleans, ``{ }`` and ``< >`` messages, ``[ ]``
+    lists merged with single values, empty lists, nested repeated messages, escapes, ``;`` / ``,``
+    separators: protobuf's own text-format parser, against Triton's ModelConfig schema."""
     text = """
     # comment
     name: "a" 'b'   # adjacent literals concatenate
-    count: -3
-    ratio: 2.5e-1
-    flag: true
-    item { x: 1 } item < x: 2 >
-    list: [ 1, 2 ]
-    list: 3
-    empty: [ ]
-    nested { inner [ { k: "v\\n" } ] ; }
+    platform: "onnxruntime_onnx"
+    max_batch_size: 4
+    input { name: "x" dims: [ -1, 2 ] dims: 3 } input < name: "y" dims: [ ] >
+    dynamic_batching { preserve_ordering: true preferred_batch_size: [ 1, 2 ] ; }
+    parameters { key: "k" value { string_value: "v\\n" } },
+    instance_group [ { count: 2 kind: KIND_CPU }, { count: 1 } ]
     """
-    assert parse_pbtxt(text) == {
-        "name": ["ab"],
-        "count": [-3],
-        "ratio": [0.25],
-        "flag": ["true"],
-        "item": [{"x": [1]}, {"x": [2]}],
-        "list": [1, 2, 3],
-        "empty": [],
-        "nested": [{"inner": [{"k": ["v\n"]}]}],
-    }
+    config = parse_pbtxt(text)
+    assert config.name == "ab"
+    assert config.max_batch_size == 4
+    assert [(t.name, list(t.dims)) for t in config.input] == [("x", [-1, 2, 3]), ("y", [])]
+    assert config.dynamic_batching.preserve_ordering is True
+    assert list(config.dynamic_batching.preferred_batch_size) == [1, 2]
+    assert config.parameters["k"].string_value == "v\n"
+    kinds = model_config_pb2.ModelInstanceGroup
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, kinds.KIND_CPU), (1, kinds.KIND_AUTO)]
 
 
 def test_non_ascii_class_names_round_trip() -> None:
@@ -164,13 +164,15 @@ def test_non_ascii_class_names_round_trip() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('name: "a', "unexpected character at line 1"),
-        ("a {\n b: 1", "missing '}'"),
-        ("a: [1 2]", "expected ',' or ']'"),
-        ("a: }", "unexpected '}'"),
-        ("1: 2", "expected a field name"),
-        ("a: 1\nb: $", "unexpected character at line 2"),
-        ('name: "x" name: "y" platform: "p" max_batch_size: 1', "expected exactly one 'name', found 2"),
+        ('name: "a', "line 1, column 7"),  # unterminated string
+        ('input {\n name: "x"', "line 2"),  # missing '}'
+        ("input { dims: [1 2] }", "line 1"),  # list without ','
+        ("name: }", "line 1, column 7"),
+        ("1: 2", "line 1, column 1"),
+        ('name: "a"\nplatform: $', "line 2"),
+        ('name: "a"\nbogus_field: 1', r"line 2.*bogus_field"),  # not in Triton's schema
+        ("input { data_type: TYPE_NOPE }", "TYPE_NOPE"),  # unknown enum value
+        ('name: "x" name: "y" platform: "p" max_batch_size: 1', "multiple \"name\" fields"),
     ],
 )
 def test_parse_errors_are_typed(text: str, message: str) -> None:

@@ -1,4 +1,4 @@
-"""``mimicry registry …`` via typer's CliRunner (the app in mimicry.commands.registry)."""
+"""``mimicry registry …`` via typer's CliRunner (the app in mimicry_cli.commands.registry)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mimicry.commands.registry import app, make_app
 from mimicry.registry import ModelCard, Registry
+from mimicry_cli.commands.registry import app, make_app
 from tests.registry import publish_toy
 
 

@@ -38,6 +38,7 @@ from mimicry.registry import (
     export_model,
 )
 from mimicry.registry import store as store_module
+from mimicry_cli.commands import registry as registry_commands
 from tests.registry import SIZE, TOY_KWARGS, held_batch, publish_toy, toy_export, toy_model
 
 NUMERIC = re.compile(r"^[1-9][0-9]*$")  # Triton's rule for version directories
@@ -508,7 +509,7 @@ def test_model_ref_parse_rejects_non_strings() -> None:
 REGISTRY_SOURCES = [
     *sorted((Path(store_module.__file__).parent).glob("*.py")),
     Path(zoo.__file__),
-    Path(store_module.__file__).parents[1] / "commands" / "registry.py",
+    Path(registry_commands.__file__),
 ]
 
 

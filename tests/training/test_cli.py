@@ -13,9 +13,9 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mimicry.commands.train import train_command
 from mimicry.models.zoo import list_architectures
 from mimicry.registry import PublishError, Registry
+from mimicry_cli.commands.train import train_command
 from tests.training import easy_bundle, make_config
 from training.data import dataset_fingerprint
 from training.loop import train

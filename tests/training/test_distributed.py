@@ -83,7 +83,7 @@ def test_two_gloo_processes_match_a_single_process_run(
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore::RuntimeWarning")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "training.distributed", str(config), str(tmp_path / "ddp"),
+        "-m", "training.torchrun", str(config), str(tmp_path / "ddp"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -15,8 +15,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from mimicry.commands.export import export_command
 from mimicry.registry import Registry
+from mimicry_cli.commands.export import export_command
 from tests.training import easy_bundle, make_config
 from training.loop import ABSTAIN_QUANTILE, train
 

@@ -340,7 +340,7 @@ def test_each_mask_guided_recipe_reduces_its_loss(tmp_path: Path, recipe: dict, 
 
 
 def _app() -> typer.Typer:
-    from mimicry.commands.train import train_command
+    from mimicry_cli.commands.train import train_command
 
     app = typer.Typer()
 

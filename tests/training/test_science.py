@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mimicry.commands.bench import app
 from mimicry.models.base import DEFAULT_CLASS_NAMES
 from mimicry.preprocess import PreprocessSpec
+from mimicry_cli.commands.bench import app
 from training.config import parse_config
 from training.data import DataBundle, SplitTensors
 from training.loop import train
@@ -141,7 +141,7 @@ def test_audit_run_on_the_benchmark_registry_reproduces_the_table(
     """Issue 6's evidence in miniature: ``mimicry audit run`` (CLI, history DB) gives the table's numbers."""
     import sqlite3
 
-    from mimicry.cli import app as root_app
+    from mimicry_cli.main import app as root_app
 
     out, _ = smoke
     table = json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -17,7 +17,6 @@ bytes as one worker.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -65,6 +64,7 @@ from mimicry.data.phantom.write import (
     siim_rows,
     write_png,
 )
+from mimicry.io import atomic_write_text, atomic_writer
 
 __all__ = ["LAYOUT_ENTRIES", "PhantomCase", "generate_phantom_dataset", "render_case"]
 
@@ -200,12 +200,10 @@ def _prepare(root: Path, overwrite: bool) -> None:
 
 
 def _write_text(path: Path, header: str, chunks: Iterable[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    with atomic_writer(path, text=True, newline="") as fh:
         fh.write(header)
         for chunk in chunks:
             fh.write(chunk)
-    os.replace(tmp, path)
 
 
 def _metadata(config: PhantomConfig, plans: list[CasePlan], outputs: list[_CaseOutput]) -> dict[str, Any]:
@@ -307,9 +305,7 @@ def generate_phantom_dataset(
         ("".join(csv_line(r) for r in o.rsna) for o in outputs),
     )
     meta = _metadata(config, plans, outputs)
-    tmp = root / "phantom.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, root / "phantom.json")
+    atomic_write_text(root / "phantom.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     t_end = time.perf_counter()
 
     df = pd.read_csv(

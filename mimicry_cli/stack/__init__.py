@@ -1,14 +1,14 @@
-"""Process management of the local stack (issue 7, "Local stack (no Docker)").
+"""Process supervision of the local stack (docs/deploy.md, local stack without Docker).
 
 ``mimicry stack up`` runs the same stack as ``deploy/compose.yaml`` on 127.0.0.1 as child processes: Triton
-(PyTriton), the BentoML service, ``mimicry audit watch``, Prometheus and the Pushgateway. This package is
-core (DESIGN.md, "Shape"): it imports neither ``serving`` nor ``audit`` and only launches commands by
-subprocess. :mod:`mimicry.stack.process` spawns, health-checks and stops process groups (with PID-reuse
-protection) and keeps the state file; :mod:`mimicry.stack.config` renders the project's Prometheus
-configuration for the stack's ports. The CLI lives in :mod:`mimicry.commands.stack`.
+(PyTriton), the BentoML service, ``mimicry audit watch``, Prometheus and the Pushgateway. This package
+imports neither ``serving`` nor ``audit``: it only launches commands by subprocess.
+:mod:`mimicry_cli.stack.process` spawns, health-checks and stops process groups (with PID-reuse protection)
+and keeps the state file; :mod:`mimicry_cli.stack.config` renders the project's Prometheus configuration for
+the stack's ports. The command lives in :mod:`mimicry_cli.commands.stack`.
 """
 
-from mimicry.stack.config import (
+from mimicry_cli.stack.config import (
     DEFAULT_PORTS,
     PORT_NAMES,
     StackConfigError,
@@ -16,7 +16,7 @@ from mimicry.stack.config import (
     check_ports_free,
     render_prometheus_config,
 )
-from mimicry.stack.process import (
+from mimicry_cli.stack.process import (
     ProcessRecord,
     StackError,
     StackStartError,

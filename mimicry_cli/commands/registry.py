@@ -5,29 +5,27 @@ else ``./registry``. Exit codes: 0 success, 1 a registry refusal (missing model,
 promotion, ``verify`` found a problem), 2 a malformed reference or usage error.
 
 Promotion gates: :func:`make_app` takes ``gate_factory(registry) -> PromotionGate | None``; the composition
-root (``mimicry.cli``) can build the app with the audit's gate ("refuse a version whose latest audit
+root (:mod:`mimicry_cli.main`) builds the app with the audit's gate ("refuse a version whose latest audit
 failed") — ``--force`` overrides it and the override is recorded in ``alias_history.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from mimicry.registry import (
-    InvalidReferenceError,
-    PromotionGate,
-    Registry,
-    RegistryError,
-)
+from mimicry_cli.tables import print_table
+
+if TYPE_CHECKING:  # mimicry.registry loads torch: imported by each command when it runs
+    from mimicry.registry import PromotionGate, Registry
 
 __all__ = ["GateFactory", "app", "make_app"]
 
-GateFactory = Callable[[Registry], PromotionGate | None]
+GateFactory = Callable[["Registry"], "PromotionGate | None"]
 
 _REGISTRY_HELP = "Registry directory (a Triton model repository)."
 
@@ -37,16 +35,10 @@ def _registry_option() -> Path:
 
 
 def _fail(exc: Exception) -> NoReturn:
+    from mimicry.registry import InvalidReferenceError
+
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code=2 if isinstance(exc, InvalidReferenceError) else 1) from exc
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in [header, *rows]
-    ]
-    return "\n".join(lines)
 
 
 def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
@@ -61,6 +53,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Table of models: name, versions, aliases, latest version's creation time and architecture."""
+        from mimicry.registry import Registry, RegistryError
+
         try:
             summaries = Registry(registry).list()
         except RegistryError as exc:
@@ -92,7 +86,7 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
             ]
             for s in summaries
         ]
-        typer.echo(_table(["NAME", "VERSIONS", "ALIASES", "CREATED", "ARCHITECTURE"], rows))
+        print_table(["NAME", "VERSIONS", "ALIASES", "CREATED", "ARCHITECTURE"], rows)
 
     @app.command("show")
     def show_cmd(
@@ -100,6 +94,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         registry: Path = _registry_option(),
     ) -> None:
         """Print the model card (JSON) of REF (card.json checked against SHA256SUMS)."""
+        from mimicry.registry import Registry, RegistryError
+
         try:
             card = Registry(registry).card(ref)
         except RegistryError as exc:
@@ -114,6 +110,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Check every artifact's sha256, the cards, ONNX signatures and config.pbtxt; exit 1 on a problem."""
+        from mimicry.registry import Registry, RegistryError
+
         if (ref is None) == (not all_models):
             typer.echo("error: give exactly one of REF or --all", err=True)
             raise typer.Exit(code=2)
@@ -145,6 +143,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         registry: Path = _registry_option(),
     ) -> None:
         """Point NAME@ALIAS at REF after integrity checks and the promotion gate."""
+        from mimicry.registry import Registry, RegistryError
+
         reg = Registry(registry)
         try:
             gate = gate_factory(reg) if gate_factory is not None else None
@@ -163,6 +163,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         registry: Path = _registry_option(),
     ) -> None:
         """Point NAME@ALIAS at VERSION (no gate; use `promote` for gated aliases)."""
+        from mimicry.registry import Registry, RegistryError
+
         try:
             previous = Registry(registry).set_alias(name, alias, version)
         except RegistryError as exc:
@@ -177,6 +179,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         registry: Path = _registry_option(),
     ) -> None:
         """Remove NAME@ALIAS."""
+        from mimicry.registry import Registry, RegistryError
+
         try:
             previous = Registry(registry).unset_alias(name, alias)
         except RegistryError as exc:
@@ -189,6 +193,8 @@ def make_app(gate_factory: GateFactory | None = None) -> typer.Typer:
         registry: Path = _registry_option(),
     ) -> None:
         """Print the aliases as JSON."""
+        from mimicry.registry import Registry, RegistryError
+
         try:
             table = Registry(registry).aliases(name)
         except RegistryError as exc:

@@ -1,22 +1,23 @@
-"""``mimicry serve``: run the BentoML service (``bentoml serve serving.service:MimicryService``).
+"""``mimicry serve``: become the BentoML server (``bentoml serve serving.service:MimicryService``).
 
 The options are exported as ``MIMICRY_SERVE_*`` environment variables (see :mod:`serving.settings`) so that
 every BentoML worker process builds the same settings; the API token is read from ``MIMICRY_SERVE_API_TOKEN``
-only (never a command-line argument, which would show in ``ps``). The lead registers :func:`serve_command`
-in ``mimicry/cli.py`` (``app.command("serve")(serve_command)``).
+only (never a command-line argument, which would show in ``ps``).
+
+The process **replaces itself** with the server (:func:`os.execvpe` of the invocation built by
+:func:`serving.launch.build_serve_invocation`): no wrapper is left holding memory, and the PID that a
+supervisor (systemd, a container runtime, a shell) signals is the server's own, so SIGTERM stops it.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import sys
 from pathlib import Path
 
 import typer
 
-from serving.launch import build_serve_invocation
-
-__all__ = ["build_serve_invocation", "serve_command"]
+__all__ = ["serve_command"]
 
 
 def serve_command(
@@ -32,6 +33,8 @@ def serve_command(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file (MIMICRY_SERVE_CONFIG)."),
 ) -> None:
     """Serve registry models over HTTP (predict, explain, STOW-RS, metrics)."""
+    from serving.launch import build_serve_invocation
+
     argv, extra = build_serve_invocation(
         host=host,
         port=port,
@@ -43,5 +46,10 @@ def serve_command(
         config=config,
     )
     typer.echo(f"serving on http://{host}:{port}  (try: curl -s http://{host}:{port}/readyz)")
-    proc = subprocess.run(argv, env={**os.environ, **extra}, check=False)
-    raise typer.Exit(proc.returncode)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, {**os.environ, **extra})
+    except OSError as exc:  # only reached when the exec itself failed
+        typer.echo(f"error: cannot start {argv[0]} ({exc.strerror or exc})", err=True)
+        raise typer.Exit(1) from None

@@ -28,7 +28,7 @@ __all__ = [
     "render_prometheus_config",
 ]
 
-#: The only address the stack binds (issue 7: "on 127.0.0.1 only").
+#: The only address the stack binds (127.0.0.1 only: docs/deploy.md, local stack).
 HOST = "127.0.0.1"
 
 #: Ports of the stack, in the order of a ``--ports BASE`` block (BASE, BASE+1, ...).

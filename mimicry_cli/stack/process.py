@@ -1,7 +1,7 @@
 """Spawn, health-check and stop the local stack's processes by process group, and keep its state file.
 
-Issue 7, "Local stack (no Docker)": ``mimicry stack up`` starts its components "as child processes it tracks
-by PID" and ``mimicry stack down`` "stops exactly those". How that is made exact:
+``mimicry stack up`` starts its components as child processes it tracks by PID and ``mimicry stack down``
+stops exactly those (docs/deploy.md, local stack). How that is made exact:
 
 * every component runs in **its own session and process group** (``start_new_session=True``: pgid = sid =
   the leader's PID), so a component's helpers (BentoML's workers, PyTriton's ``tritonserver``) share the group
@@ -16,7 +16,7 @@ by PID" and ``mimicry stack down`` "stops exactly those". How that is made exact
 * the state file is written atomically (temporary file in the same directory + :func:`os.replace`) after each
   spawn, so a crash half-way through ``up`` still leaves a state that ``down`` can use.
 
-Nothing here imports ``serving`` or ``audit`` (DESIGN.md, "Shape": core imports none of the applications).
+Nothing here imports ``serving`` or ``audit``: the components are commands started by subprocess.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import psutil
+
+from mimicry.io import atomic_write_text
 
 __all__ = [
     "STATE_VERSION",
@@ -152,21 +153,8 @@ class ProcessRecord:
 # ------------------------------------------------------------------------------------------------ state file
 def write_state(path: Path, records: Sequence[ProcessRecord]) -> None:
     """Write the state JSON atomically (temporary file in the same directory, fsync, :func:`os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": STATE_VERSION, "components": [r.to_json() for r in records]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def read_state(path: Path) -> list[ProcessRecord]:

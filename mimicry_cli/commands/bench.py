@@ -1,6 +1,6 @@
 """``mimicry bench science --preset quick|smoke [--out DIR] [--registry DIR] [--seeds N] [--jobs N]``.
 
-The training issue's evidence (issue 4, "Evidence (the science benchmark)"): trains the six recipes on a
+The science benchmark (docs/benchmarks.md): trains the six recipes on a
 phantom with a planted, test-reversed shortcut and writes ``DIR/results.md`` and ``DIR/results.json``
 (:func:`training.science.run_science` documents every column). The composition root adds :data:`app` as the
 ``bench`` sub-command group (``app.add_typer(bench.app, name="bench")``).

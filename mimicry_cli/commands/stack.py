@@ -1,6 +1,6 @@
 """``mimicry stack up|down|status``: the deployment of ``deploy/compose.yaml`` as local child processes.
 
-Issue 7, "Local stack (no Docker)": ``stack up`` starts, on 127.0.0.1 only, each in its own process group and
+``stack up`` (docs/deploy.md, local stack) starts, on 127.0.0.1 only, each in its own process group and
 tracked by PID in ``STATE_DIR/stack.json``:
 
 * ``triton``: ``python -m serving.triton_local`` (PyTriton serving the registry), ports 8000 (HTTP, health
@@ -12,17 +12,17 @@ tracked by PID in ``STATE_DIR/stack.json``:
 * ``prometheus``: Debian ``prometheus`` with deploy/prometheus's config (targets rewritten) and rules, port
   9090 (health ``/-/ready``).
 
-``--ports BASE`` takes the block BASE..BASE+6 instead (order: :data:`mimicry.stack.config.PORT_NAMES`).
+``--ports BASE`` takes the block BASE..BASE+6 instead (order: :data:`mimicry_cli.stack.config.PORT_NAMES`).
 ``--backend onnxruntime`` is the CPU-overlay fallback: no Triton, ONNX Runtime inside the service.
 ``stack down`` stops exactly the recorded process groups, newest first, never a recycled PID
-(:mod:`mimicry.stack.process`).
+(:mod:`mimicry_cli.stack.process`).
 
 Exit codes: 0 success; 1 a component failed to start (``up``, everything started is stopped again), a
 component is down (``status``) or a group could not be stopped (``down``); 2 usage errors (missing
 directories, busy ports, a stack already up, an unreadable state file).
 
-The lead wires it as ``app.add_typer(stack_app, name="stack")``; until then ``python -m
-mimicry.commands.stack …`` runs the same app.
+:mod:`mimicry_cli.main` attaches it as ``mimicry stack``; ``python -m mimicry_cli.commands.stack …`` runs
+the same app.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import NoReturn
 import typer
 import yaml
 
-from mimicry.stack.config import (
+from mimicry_cli.stack.config import (
     HOST,
     PROMETHEUS_YML,
     StackConfigError,
@@ -47,7 +47,7 @@ from mimicry.stack.config import (
     check_ports_free,
     render_prometheus_config,
 )
-from mimicry.stack.process import (
+from mimicry_cli.stack.process import (
     ProcessRecord,
     StackError,
     StackStartError,
@@ -61,7 +61,7 @@ from mimicry.stack.process import (
     wait_healthy,
     write_state,
 )
-from serving.launch import build_serve_invocation
+from mimicry_cli.tables import print_table
 
 __all__ = ["STATE_FILE", "Component", "app", "curl_example", "plan_stack"]
 
@@ -128,6 +128,8 @@ def plan_stack(
     through Triton, so Triton must be ready) and Prometheus (its configuration is written by :func:`up`).
     Every address is 127.0.0.1.
     """
+    from serving.launch import build_serve_invocation
+
     url = f"http://{HOST}"
     out: list[Component] = []
     if backend == "triton":
@@ -159,7 +161,7 @@ def plan_stack(
             )
         )
     audit_argv = [
-        sys.executable, "-m", "mimicry", "audit", "watch",
+        sys.executable, "-m", "mimicry_cli", "audit", "watch",
         "--registry", str(registry),
         "--reference", str(reference),
         "--metrics-host", HOST,
@@ -434,19 +436,18 @@ def status(
         records = read_state(state)
     except StateFileError as exc:
         _usage(str(exc))
-    typer.echo(f"{'component':<12} {'pid':>8}  {'process':<10} {'health':<8} url")
+    rows = []
     healthy = True
     for record in records:
         running = is_recorded_process(record)
         ok = running and http_ok(record.health_url)
         healthy = healthy and ok
-        typer.echo(
-            f"{record.name:<12} {record.pid:>8}  {'running' if running else 'gone':<10} "
-            f"{'ok' if ok else 'failing':<8} {record.url}"
-        )
+        process, health = ("running" if running else "gone"), ("ok" if ok else "failing")
+        rows.append((record.name, record.pid, process, health, record.url))
+    print_table(["component", "pid", "process", "health", "url"], rows)
     if not healthy:
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m mimicry.commands.stack` until cli.py wires it
+if __name__ == "__main__":  # pragma: no cover - `python -m mimicry_cli.commands.stack`
     app(prog_name="mimicry stack")

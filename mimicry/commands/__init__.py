@@ -1,1 +1,0 @@
-"""CLI sub-command groups (Typer apps) attached by :mod:`mimicry.cli`."""
