@@ -52,6 +52,7 @@ WORKDIR /src
 # The sources `pip install .` builds into the venv (the runtime stage keeps only the venv).
 COPY pyproject.toml requirements.lock README.md ./
 COPY mimicry/ mimicry/
+COPY mimicry_cli/ mimicry_cli/
 COPY serving/ serving/
 COPY audit/ audit/
 COPY training/ training/

@@ -1,4 +1,4 @@
-"""``mimicry audit`` — run, history, watch, policy check (Typer app ``app``, mounted by ``mimicry.cli``).
+"""``mimicry audit`` — run, history, watch, policy check (Typer app ``app``, mounted by ``mimicry_cli.main``).
 
 Exit codes of ``audit run`` (:data:`EXIT_CODES`; docs/audit.md, "Exit codes"): 0 every gate passed; 1 a gating
 criterion FAILed (CI/CD blocks the promotion); 2 usage or input error (bad policy, unknown model, unreadable
@@ -335,5 +335,5 @@ def watch_cmd(
         server.shutdown()
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m audit.cli` until mimicry.cli wires it in
+if __name__ == "__main__":  # pragma: no cover - `python -m audit.cli` (the console script is `mimicry audit`)
     app()

@@ -18,6 +18,7 @@ from mimicry import __version__
 from mimicry_cli.commands.bench import app as bench_app
 from mimicry_cli.commands.data import app as data_app
 from mimicry_cli.commands.export import export_command
+from mimicry_cli.commands.listen import listen_command
 from mimicry_cli.commands.registry import make_app as make_registry_app
 from mimicry_cli.commands.serve import serve_command
 from mimicry_cli.commands.stack import app as stack_app
@@ -65,6 +66,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(audit_command)
 app.command("serve")(serve_command)
+app.command("listen")(listen_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.add_typer(stack_app, name="stack")

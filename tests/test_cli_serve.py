@@ -87,3 +87,26 @@ def test_sigterm_to_mimicry_serve_stops_the_server(served: tuple[subprocess.Pope
     assert not _answers(url + "/readyz")
     _, alive = psutil.wait_procs(server_tree, timeout=30)
     assert alive == [], [p.pid for p in alive]
+
+
+def test_a_tampered_registry_ends_mimicry_serve_with_the_integrity_error(tmp_path: Path) -> None:
+    """The pre-flight refuses before any server starts: exit code 2, the error named, nothing listening."""
+    registry = tmp_path / "registry"
+    card = publish_toy(Registry(registry), "cxr-toy")
+    onnx = registry / "cxr-toy" / str(card.version) / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMICRY_SERVE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["BENTOML_HOME"] = str(tmp_path / "bentoml")
+    argv = [
+        sys.executable, "-m", "mimicry_cli", "serve", "--registry", str(registry), "--model", "cxr-toy",
+        "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "IntegrityError" in done.stderr
+    assert "model.onnx" in done.stderr
+    assert not _answers(f"http://127.0.0.1:{port}/livez")

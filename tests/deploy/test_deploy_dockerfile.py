@@ -122,3 +122,18 @@ def test_runtime_creates_the_audit_data_directory_for_its_user() -> None:
     (user,) = [args for ins, args in runtime if ins == "USER"]
     owned = owned_directories(runtime)
     assert owned.get("/var/lib/mimicry") == user
+
+
+def test_every_installed_top_level_package_is_copied_into_the_build() -> None:
+    """The image installs the project from the copied sources: a top-level package the console script
+    imports but the Dockerfile does not copy (e.g. the CLI package) would fail only inside the container."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    top = {p.split(".")[0] for p in find_packages(str(ROOT), include=include["include"])}
+    assert {"mimicry", "mimicry_cli", "serving", "audit", "training"} <= top
+    copies = {args for ins, args in _stages()["build"] if ins == "COPY"}
+    for package in sorted(top):
+        assert f"{package}/ {package}/" in copies, package
