@@ -10,13 +10,18 @@ Start-up (once per worker): settings from the environment / YAML (:mod:`serving.
 quoting warnings silenced, every model verified, its backend opened and warmed up; ``/readyz`` is 503 until
 then and while a backend (Triton) is unreachable.
 
-Configuration given to BentoML (all public): ``metrics.enabled = False`` — BentoML's request metrics label
-series with the raw request path, so :mod:`serving.metrics` exports the same metric names with route-template
-labels and serves ``/metrics`` itself; ``traffic.timeout`` is a backstop only, set far above the request
-timeout of :class:`serving.metrics.RequestMiddleware` (``request_timeout_s``), which is cancelled as soon as a
-request ends (BentoML's own timer is never cancelled: it keeps each request's context alive for
-``traffic.timeout`` seconds, so it is made short-lived relative to nothing we hold; see docs/serving.md,
-"Timeouts").
+Configuration given to BentoML (all public; docs/serving.md, "Metrics" and "Timeouts"):
+
+* ``metrics.enabled = False`` — BentoML's request metrics label series with the raw request path (unbounded
+  under a scan, PHI-bearing for DICOMweb paths): :mod:`serving.metrics` exports the same metric names with
+  route-template labels and serves ``/metrics`` itself;
+* the request timeout is :class:`serving.metrics.RequestMiddleware`'s (``request_timeout_s``; a deadline
+  cancelled when the request ends). BentoML 1.4 always arms its own per-request timer for
+  ``traffic.timeout`` seconds (the value must be > 0) and never cancels it; the timer keeps the request's
+  context alive until it fires, so ``traffic.timeout`` is only a backstop just above ``request_timeout_s``
+  and ``tracing.excluded_urls`` keeps BentoML's OpenTelemetry middleware from putting a span (it holds the URL
+  and client address) into that context: what a finished request leaves behind is BentoML's timer stub
+  (a timer handle, a future and an empty context), not the request.
 
 Edge middleware, outermost first: request metrics and the request timeout (:mod:`serving.metrics`), bearer
 token on every path but the open ones (:data:`serving.auth.PUBLIC_PATHS`), ``GET /readyz`` to the health app.
@@ -25,6 +30,7 @@ token on every path but the open ones (:data:`serving.auth.PUBLIC_PATHS`), ``GET
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -41,8 +47,6 @@ __all__ = ["BACKSTOP_TIMEOUT_S", "MimicryService", "quiet_third_party_phi"]
 
 logger = logging.getLogger(__name__)
 
-#: BentoML's ``traffic.timeout`` (must be > 0 in BentoML 1.4). See the module docstring.
-BACKSTOP_TIMEOUT_S = 3600
 
 
 def quiet_third_party_phi() -> None:
@@ -64,6 +68,10 @@ def _import_settings() -> ServeSettings | None:
 _AT_IMPORT = _import_settings()
 _MAX_BATCH = _AT_IMPORT.max_batch_size if _AT_IMPORT else 32
 _MAX_LATENCY_MS = _AT_IMPORT.max_latency_ms if _AT_IMPORT else 10_000
+_REQUEST_TIMEOUT_S = _AT_IMPORT.request_timeout_s if _AT_IMPORT else 600.0
+#: BentoML's ``traffic.timeout`` (must be > 0 in BentoML 1.4): a backstop a little above ours, so that ours
+#: (a 504 problem) fires first. See the module docstring.
+BACKSTOP_TIMEOUT_S = math.ceil(_REQUEST_TIMEOUT_S) + 5 if _REQUEST_TIMEOUT_S else 3600
 _HEALTH_APP = create_health_app()  # mounted (for /docs.json) and called by EdgeMiddleware
 
 
@@ -101,6 +109,7 @@ class EdgeMiddleware:
     name="mimicry",
     traffic={"timeout": BACKSTOP_TIMEOUT_S},
     metrics={"enabled": False},  # serving.metrics exports bounded request metrics and serves /metrics
+    tracing={"excluded_urls": [".*"]},  # no per-request span (it holds the URL) in BentoML's timeout timer
 )
 @bentoml.asgi_app(_HEALTH_APP, path="/", name="mimicry-health")
 @bentoml.asgi_app(create_app(), path="/", name="mimicry-http")
