@@ -29,6 +29,8 @@ never request content.
 from __future__ import annotations
 
 import base64
+import email.message
+import email.utils
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -40,8 +42,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
@@ -128,7 +130,11 @@ _BENTOML_LATE_PREFIXES = ("/static_content/", "/assets/")
 class _NotFoundRoute(BaseRoute):
     """Every path no other route serves: a 404 problem. BentoML's ``PassiveMount`` hands a request to a
     mounted app only when one of its routes matches, so the catch-all is a route; it leaves alone the paths
-    BentoML itself routes after the mounted apps (its index page, ``/docs.json`` and static assets)."""
+    BentoML itself routes after the mounted apps (its index page, ``/docs.json`` and static assets). A path
+    that a route serves with other methods is a 405 problem (with ``Allow``)."""
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        self.routes = routes
 
     def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
         path = scope.get("path", "")
@@ -137,16 +143,19 @@ class _NotFoundRoute(BaseRoute):
         return Match.FULL, {}
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        await problems.not_found().to_response()(scope, receive, send)
+        allowed: set[str] = set()
+        for route in self.routes:
+            if route is not self and isinstance(route, APIRoute) and route.matches(scope)[0] == Match.PARTIAL:
+                allowed |= route.methods or set()
+        problem = problems.not_found() if not allowed else problems.method_not_allowed(sorted(allowed))
+        await problem.to_response()(scope, receive, send)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Routing errors (no route: 404, wrong method: 405) as problems."""
     status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
     if status == 405:
-        return problems.Problem(
-            405, "method_not_allowed", "Method not allowed", "This route does not accept this method."
-        ).to_response()
+        return problems.method_not_allowed([]).to_response()
     if status == 404:
         return problems.not_found().to_response()
     return problems.internal_error().to_response()
@@ -215,14 +224,21 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _header_param(value: str, header: str, param: str) -> str | None:
+    """A parameter of a MIME header value (RFC 2045 / 2183 syntax, parsed by :mod:`email`)."""
+    msg = email.message.Message()
+    msg[header] = value
+    got = msg.get_param(param, header=header)
+    if isinstance(got, tuple):  # RFC 2231 encoded
+        got = email.utils.collapse_rfc2231_value(got)
+    return got if isinstance(got, str) else None
+
+
 async def _read_form(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
     """``multipart/form-data``: the ``file`` field (else the first file) and the text fields, streamed through
     python-multipart under the request limit."""
-    from python_multipart.multipart import MultipartParser
-
     _check_declared_length(request, limit)
-    _, options = parse_options_header(request.headers.get("content-type", ""))
-    boundary = options.get(b"boundary")
+    boundary = _header_param(request.headers.get("content-type", ""), "content-type", "boundary")
     if not boundary:
         raise problems.invalid_parameter("The multipart/form-data body could not be parsed.")
     fields: list[tuple[str, bool, bytearray]] = []  # (name, is_file, data)
@@ -231,9 +247,9 @@ async def _read_form(request: Request, limit: int) -> tuple[bytes, dict[str, str
 
     def header_end() -> None:
         if bytes(state["field"]).strip().lower() == b"content-disposition":
-            _, opts = parse_options_header(bytes(state["value"]))
-            state["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
-            state["file"] = b"filename" in opts
+            value = bytes(state["value"]).decode("utf-8", "replace")
+            state["name"] = _header_param(value, "content-disposition", "name") or ""
+            state["file"] = _header_param(value, "content-disposition", "filename") is not None
         state["field"], state["value"] = bytearray(), bytearray()
 
     def part_begin() -> None:
@@ -252,7 +268,7 @@ async def _read_form(request: Request, limit: int) -> tuple[bytes, dict[str, str
         "on_headers_finished": headers_finished,
         "on_part_data": lambda d, s, e: fields[-1][2].extend(d[s:e]),
     }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    parser = MultipartParser(boundary.encode("latin-1"), callbacks)  # type: ignore[arg-type]
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
@@ -687,7 +703,7 @@ def create_app() -> FastAPI:
     async def metrics() -> Response:
         return await anyio.to_thread.run_sync(metrics_response)
 
-    app.router.routes.append(_NotFoundRoute())
+    app.router.routes.append(_NotFoundRoute(app.router.routes))
 
     return app
 

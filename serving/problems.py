@@ -134,6 +134,16 @@ def not_found() -> Problem:
     return Problem(404, "not_found", "Not found", "There is no such resource; see GET /docs.json.")
 
 
+def method_not_allowed(allowed: list[str]) -> Problem:
+    return Problem(
+        405,
+        "method_not_allowed",
+        "Method not allowed",
+        "This route does not accept this method.",
+        headers={"Allow": ", ".join(allowed)} if allowed else None,
+    )
+
+
 def model_not_found(detail: str) -> Problem:
     return Problem(404, "model_not_found", "The model is not served", detail)
 

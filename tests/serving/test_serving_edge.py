@@ -88,6 +88,9 @@ def test_unknown_paths_and_methods_are_problems(client) -> None:
         assert r.status_code == 404, path
         assert r.headers["content-type"] == PROBLEM
         assert r.json()["code"] == "not_found"
+    r = client.get("/v1/predict")
+    assert (r.status_code, r.json()["code"], r.headers["allow"]) == (405, "method_not_allowed", "POST")
+    assert r.headers["content-type"] == PROBLEM
     assert client.get("/docs.json").status_code == 200  # BentoML's own late routes are untouched
 
 
