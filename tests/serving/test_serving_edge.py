@@ -238,3 +238,59 @@ def test_stow_per_instance_limit_study_route_and_media_types(serve_env, phantom_
         r = c.post("/dicomweb/studies", content=unclosed, headers={"content-type": ctype})
         assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter")
         assert c.get("/readyz").status_code == 200
+
+
+def test_micro_batcher_batches_concurrent_requests_and_drops_late_ones() -> None:
+    import threading
+
+    import anyio
+    import numpy as np
+
+    from serving.backends.protocol import BackendOutput
+    from serving.runtime import MicroBatcher, OverloadedError
+
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def run_batch(x: np.ndarray) -> BackendOutput:
+        gate.wait(5)  # the first batch holds the backend while the others queue
+        sizes.append(int(x.shape[0]))
+        v = x.reshape(len(x), -1)[:, :1].astype(np.float32)
+        return BackendOutput(v, v * 2, np.zeros((len(x), 1, 1, 1), np.float32))
+
+    async def scenario() -> tuple[dict[int, float], list[int]]:
+        batcher = MicroBatcher(run_batch, max_batch_size=4, max_latency_s=30.0)
+        got: dict[int, float] = {}
+
+        async def one(i: int) -> None:
+            got[i] = float((await batcher.submit(np.full((1, 1, 2, 2), i, np.float32))).probs[0, 0])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(9):
+                tg.start_soon(one, i)
+            await anyio.sleep(0.2)
+            gate.set()
+        late = MicroBatcher(run_batch, max_batch_size=4, max_latency_s=0.1)
+        gate.clear()
+        results: list[int] = []
+
+        async def two() -> None:
+            try:
+                await late.submit(np.zeros((1, 1, 2, 2), np.float32))
+                results.append(200)
+            except OverloadedError:
+                results.append(503)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(two)  # runs first and holds the backend
+            await anyio.sleep(0.1)
+            tg.start_soon(two)
+            tg.start_soon(two)  # these two queue behind it for longer than 0.1 s
+            await anyio.sleep(0.4)
+            gate.set()
+        return got, results
+
+    got, results = anyio.run(scenario)
+    assert got == {i: 2.0 * i for i in range(9)}  # every request got its own row
+    assert sizes[:3] == [4, 4, 1]  # concurrent requests were batched up to max_batch_size
+    assert sorted(results) == [200, 503, 503]  # queued past the 0.1 s budget: dropped
