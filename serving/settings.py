@@ -1,4 +1,4 @@
-"""Typed settings of the serving layer (DESIGN.md, "Shape": config is typed, built once at the edge).
+"""Typed settings of the serving layer: configuration is typed and built once, at the edge (docs/serving.md).
 
 Every field comes from, in decreasing priority: keyword arguments, environment variables with prefix
 ``MIMICRY_SERVE_`` (nested with ``__``, e.g. ``MIMICRY_SERVE_INGEST__MAX_PIXELS=20000000``,
