@@ -1,14 +1,11 @@
-"""Optional bearer-token authentication (RFC 6750 §2.1) and the request size limit, as ASGI middleware.
+"""Optional bearer-token authentication (RFC 6750 §2.1) for every path of the service, as ASGI middleware.
 
-Both run before any route reads the body:
-
-* :class:`BearerAuthMiddleware` — when a token is configured, every path except the health, metrics and
-  OpenAPI paths needs ``Authorization: Bearer <token>``; the comparison is constant-time
-  (:func:`hmac.compare_digest` on the UTF-8 bytes). Anything else is a 401 problem with
-  ``WWW-Authenticate: Bearer``.
-* :class:`RequestSizeLimitMiddleware` — a declared ``Content-Length`` above the limit is refused with 413
-  before a byte of the body is read; chunked bodies are counted while they stream and refused as soon as they
-  pass the limit, so a client can never make the service buffer more than ``max_request_bytes``.
+:class:`BearerAuthMiddleware` runs before any route (BentoML's and the mounted FastAPI apps') reads the body:
+when a token is configured, every path except :data:`PUBLIC_PATHS` (probes, the Prometheus scrape and the
+OpenAPI document) needs ``Authorization: Bearer <token>`` — default deny, so a route added later (by us or by
+BentoML) is never open by accident; the comparison is constant-time (:func:`hmac.compare_digest` on the UTF-8
+bytes). Anything else is a 401 problem with ``WWW-Authenticate: Bearer``. The FastAPI routes declare the same
+check as a dependency (:func:`serving.http.require_token`), which also documents the scheme in ``/docs.json``.
 """
 
 from __future__ import annotations
@@ -19,18 +16,10 @@ from typing import Any
 
 from serving import problems
 
-__all__ = [
-    "PUBLIC_PATHS",
-    "BearerAuthMiddleware",
-    "BodyTooLargeError",
-    "RequestSizeLimitMiddleware",
-    "token_matches",
-]
+__all__ = ["PUBLIC_PATHS", "BearerAuthMiddleware", "token_matches"]
 
-#: Paths served without authentication (probes, Prometheus scrapes, API description).
-PUBLIC_PATHS: frozenset[str] = frozenset(
-    {"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/schema.json", "/v1/healthz"}
-)
+#: The only paths served without authentication (probes, Prometheus scrapes, the OpenAPI document).
+PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs.json"})
 
 Scope = dict[str, Any]
 
@@ -84,57 +73,3 @@ class BearerAuthMiddleware:
             await _send_problem(send, problems.unauthorized())
             return
         await self.app(scope, receive, send)
-
-
-class BodyTooLargeError(Exception):
-    """Raised from ``receive`` when a streamed body passes the limit; routes turn it into a 413 problem."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
-        self.limit = limit
-
-
-class RequestSizeLimitMiddleware:
-    """Refuse HTTP request bodies larger than ``max_bytes`` with a 413 problem, without buffering them."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = int(max_bytes)
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _header(scope, b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                await _send_problem(send, problems.invalid_parameter("Content-Length is not an integer."))
-                return
-            if length > self.max_bytes:
-                await _send_problem(send, problems.request_too_large(self.max_bytes))
-                return
-        received = 0
-        started = False
-
-        async def counting_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await _send_problem(send, problems.request_too_large(self.max_bytes))

@@ -1,180 +1,287 @@
-"""DICOMweb STOW-RS (PS3.18 §10.5) on ``POST /dicomweb/studies``, with predictions attached.
+"""DICOMweb STOW-RS (PS3.18 §10.5) on ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``.
 
 **Request.** ``Content-Type: multipart/related; type="application/dicom"; boundary=...`` (PS3.18 §8.6.1.2),
-one DICOM Part 10 instance per part (each part's own ``Content-Type`` must be ``application/dicom`` when
-present). Split on the RFC 2046 §5.1.1 delimiters, byte-exact; part headers parsed with :mod:`email`.
+one DICOM Part 10 instance per part. The body is parsed **as a stream** (python-multipart's
+:class:`~python_multipart.MultipartParser`): each part is predicted as soon as its closing delimiter arrives,
+so at most one instance (bounded by ``max_request_bytes``) is held in memory. A ``type`` other than
+``application/dicom`` (e.g. ``application/dicom+xml``, the XML metadata form we do not accept) and any other
+media type are 415; a body without a boundary or without the closing delimiter is a 400 problem.
 
-**Response** (``application/dicom+json``, PS3.18 §10.5.3, Table 10.5.3-1), a DICOM JSON dataset with
+**Response** (``application/dicom+json``, PS3.18 §10.5.3 and Annex I): one DICOM JSON dataset (PS3.18 Annex F)
+with exactly these top-level attributes, so that standard clients (e.g. ``dicomweb_client``) parse it:
 
-* ``00081199`` Referenced SOP Sequence — instances that were accepted (and predicted), each with
-  ``00081150`` Referenced SOP Class UID and ``00081155`` Referenced SOP Instance UID;
-* ``00081198`` Failed SOP Sequence — refused instances with the same two attributes (when readable) and
-  ``00081197`` Failure Reason: ``0xC000`` (49152, cannot understand: malformed), ``0x0122`` (290, SOP class /
-  content not supported: the 422 codes), ``0xA700`` (42752, out of resources: too large);
+* ``00081190`` Retrieve URL (Type 2: empty; the service stores nothing, so there is nothing to retrieve);
+* ``00081199`` Referenced SOP Sequence — accepted (and predicted) instances, each item with ``00081150``
+  Referenced SOP Class UID, ``00081155`` Referenced SOP Instance UID and an empty ``00081190``;
+* ``00081198`` Failed SOP Sequence — refused instances with the two UIDs (when readable) and ``00081197``
+  Failure Reason (PS3.18 Table I.2-2): ``0xA700`` out of resources (the instance is over the size limit
+  or its image over ``ingest.max_pixels``), ``0xA900`` data set does not match (a DICOM we do not serve:
+  modality, colour, multi-frame, no pixels; or an instance of another study than ``{study}``), ``0xC000``
+  cannot understand (malformed), ``0xC122`` transfer syntax not supported, ``0x0110`` processing failure.
 
-and one extension member that is not a DICOM tag, ``"mimicry"``: ``{"predictions": [...]}`` with, for every
-part in request order, ``{"index", "status": "stored"|"failed", "prediction" | "problem"}`` (prediction as
-``/v1/predict`` returns it; problem as RFC 9457). Nothing is stored: the service is stateless, "stored" means
-"accepted and predicted".
+HTTP status: 200 when every instance was accepted, 202 when some failed, 409 when none was accepted.
 
-HTTP status: 200 when every instance was accepted, 202 when some failed, 409 when all failed (PS3.18
-§10.5.3.1 lists 409 Conflict for "none of the instances were stored").
+**Predictions** are not part of the standard answer. A client opts in with ``?include=predictions``: the
+answer is then ``application/json`` :class:`serving.schemas.StowWithPredictions`, ``{"dicom": <the dataset
+above>, "predictions": [{"index", "status": "stored"|"failed", "prediction" | "problem"}]}`` (prediction as
+``/v1/predict`` returns it, problem as RFC 9457), with the same status code. Nothing is stored: the service is
+stateless, "stored" means "accepted and predicted".
 """
 
 from __future__ import annotations
 
 import email.message
-import email.parser
-import email.policy
 import io
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mimicry.dicom import DicomIngestError
 from serving import problems
 
-__all__ = ["DicomPart", "MultipartError", "failure_reason", "parse_multipart_related", "stow_response"]
+__all__ = [
+    "STOW_MEDIA_TYPE",
+    "MultipartError",
+    "StowParts",
+    "failure_reason",
+    "stow_response",
+]
 
 STOW_MEDIA_TYPE = "application/dicom+json"
+ACCEPTED_TYPE = 'multipart/related; type="application/dicom"'
+_RETRIEVE_URL = "00081190"
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
 _SOP_CLASS = "00081150"
 _SOP_INSTANCE = "00081155"
 _FAILURE_REASON = "00081197"
 
+#: PS3.18 Table I.2-2 failure reasons used here.
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+
 
 class MultipartError(ValueError):
     """The multipart/related body is malformed (answered 400)."""
 
 
-@dataclass(frozen=True)
-class DicomPart:
-    """One body part: its declared media type and bytes."""
-
-    content_type: str
-    data: bytes
+class _PartTooLarge(Exception):
+    pass
 
 
-def _boundary_and_type(content_type: str) -> tuple[str, str]:
-    msg = email.message.Message()
-    msg["Content-Type"] = content_type
-    if msg.get_content_type() != "multipart/related":
-        raise MultipartError("The body must be multipart/related.")
-    boundary = msg.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise MultipartError("The multipart/related Content-Type has no boundary.")
-    declared = msg.get_param("type")
-    return boundary, (declared if isinstance(declared, str) else "application/dicom").lower()
-
-
-def parse_multipart_related(body: bytes, content_type: str) -> list[DicomPart]:
-    """Split a ``multipart/related`` body (RFC 2387 / RFC 2046 §5.1.1) into its parts, byte-exact.
-
-    The Content-Type parameters are parsed with :class:`email.message.Message`; the body is split on the
-    delimiter ``CRLF--boundary`` (binary parts are never re-encoded).
+def request_type(content_type: str) -> str:
+    """Check the request's Content-Type and return its boundary.
 
     Raises:
-        MultipartError: not multipart/related, no boundary, a ``type`` other than ``application/dicom``,
-            a part whose media type is not ``application/dicom``, or no closing delimiter.
+        Problem: 415 for another media type or a ``type`` parameter other than ``application/dicom``;
+            400 when the boundary is missing.
     """
-    boundary, declared = _boundary_and_type(content_type)
+    msg = email.message.Message()
+    msg["Content-Type"] = content_type
+    media = content_type.split(";")[0].strip().lower()
+    if media != "multipart/related":
+        raise problems.unsupported_media_type(media or "(none)", [ACCEPTED_TYPE])
+    declared = msg.get_param("type")
+    declared = (declared if isinstance(declared, str) else "application/dicom").strip().lower()
     if declared != "application/dicom":
-        raise MultipartError('Only multipart/related; type="application/dicom" is accepted.')
-    delim = b"--" + boundary.encode("latin-1")
-    # the first delimiter may start the body (no preamble) or follow a preamble and CRLF
-    body = b"\r\n" + body
-    sep = b"\r\n" + delim
-    chunks = body.split(sep)
-    if len(chunks) < 2:
-        raise MultipartError("The multipart body has no boundary delimiter.")
-    parts: list[DicomPart] = []
-    closed = False
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):
-            closed = True
-            break
-        head, blank, data = chunk.partition(b"\r\n\r\n")
-        if not blank:
-            raise MultipartError("A body part has no header/body separator.")
-        headers = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(
-            head.lstrip(b" \t\r\n") + b"\r\n\r\n"
-        )
-        ctype = headers.get_content_type() if headers.get("Content-Type") else "application/dicom"
-        if ctype != "application/dicom":
-            raise MultipartError("Every part must be application/dicom.")
-        parts.append(DicomPart(ctype, data))
-    if not closed:
-        raise MultipartError("The multipart body has no closing delimiter.")
-    return parts
+        raise problems.unsupported_media_type(f"multipart/related; type={declared}", [ACCEPTED_TYPE])
+    boundary = msg.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise problems.invalid_parameter("The multipart/related Content-Type has no boundary.")
+    return boundary
+
+
+@dataclass
+class StowParts:
+    """Incremental multipart/related parser: feed chunks, take completed parts.
+
+    A completed part is ``bytes`` (its body) or a :class:`~serving.problems.Problem` (over ``max_part_bytes``:
+    413, its bytes discarded while streaming; or a part whose media type is not ``application/dicom``: 415).
+    """
+
+    boundary: str
+    max_part_bytes: int
+    done: list[bytes | problems.Problem] = field(default_factory=list)
+    finished: bool = False
+    _buf: bytearray = field(default_factory=bytearray)
+    _too_large: bool = False
+    _header_field: bytearray = field(default_factory=bytearray)
+    _header_value: bytearray = field(default_factory=bytearray)
+    _ctype: str | None = None
+    _parser: Any = None
+
+    def __post_init__(self) -> None:
+        callbacks = {
+            "on_part_begin": self._begin,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_end": self._finish,
+        }
+        self._parser = MultipartParser(self.boundary.encode("latin-1"), callbacks)  # type: ignore[arg-type]
+
+    def _begin(self) -> None:
+        self._buf = bytearray()
+        self._too_large = False
+        self._ctype = None
+
+    def _header_end(self) -> None:
+        if bytes(self._header_field).strip().lower() == b"content-type":
+            self._ctype = bytes(self._header_value).decode("latin-1").split(";")[0].strip().lower()
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._too_large:
+            return
+        if len(self._buf) + (end - start) > self.max_part_bytes:
+            self._too_large = True
+            self._buf = bytearray()
+            return
+        self._buf.extend(data[start:end])
+
+    def _end(self) -> None:
+        if self._ctype not in (None, "application/dicom"):
+            self.done.append(problems.unsupported_media_type("(part)", ["application/dicom"]))
+        elif self._too_large:
+            self.done.append(problems.request_too_large(self.max_part_bytes))
+        else:
+            self.done.append(bytes(self._buf))
+        self._buf = bytearray()
+
+    def _finish(self) -> None:
+        self.finished = True
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse one chunk of the body.
+
+        Raises:
+            MultipartError: the body is not a valid multipart body.
+        """
+        if self.finished or not chunk:
+            return
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError:
+            raise MultipartError("The multipart/related body could not be parsed.") from None
+
+    def take(self) -> list[bytes | problems.Problem]:
+        out, self.done = self.done, []
+        return out
 
 
 def failure_reason(problem: problems.Problem) -> int:
-    """PS3.4 / PS3.18 Failure Reason (0008,1197) for a refusal."""
+    """PS3.18 Table I.2-2 Failure Reason (0008,1197) for a refused instance."""
     if problem.status == 413:
-        return 0xA700
-    if problem.status == 422:
-        return 0x0122
-    return 0xC000
+        return OUT_OF_RESOURCES
+    if problem.code == "unsupported_transfer_syntax":
+        return TRANSFER_SYNTAX_NOT_SUPPORTED
+    if problem.code == "study_mismatch" or problem.status in (415, 422):
+        return DATA_SET_DOES_NOT_MATCH
+    if problem.status >= 500:
+        return PROCESSING_FAILURE
+    return CANNOT_UNDERSTAND
 
 
-def _sop_uids(data: bytes) -> dict[str, Any]:
-    """Referenced SOP Class/Instance UID attributes of a part, when its header is readable."""
+def _header_uids(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """Referenced SOP Class/Instance UID attributes of a part and its Study Instance UID, when readable."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+            io.BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
         )
         out: dict[str, Any] = {}
         if "SOPClassUID" in ds:
             out[_SOP_CLASS] = {"vr": "UI", "Value": [str(ds.SOPClassUID)]}
         if "SOPInstanceUID" in ds:
             out[_SOP_INSTANCE] = {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]}
-        return out
+        study = str(ds.StudyInstanceUID) if "StudyInstanceUID" in ds else None
+        return out, study
     except Exception:
-        return {}
+        return {}, None
 
 
-async def stow_response(runtime: Any, request: Request, predict_one: Any) -> Response:
-    """Handle one STOW-RS request (see the module docstring)."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "multipart/related":
-        raise problems.unsupported_media_type(
-            ctype.split(";")[0].strip() or "(none)", ['multipart/related; type="application/dicom"']
-        )
-    body = await request.body()
-    try:
-        parts = parse_multipart_related(body, ctype)
-    except MultipartError as exc:
-        raise problems.invalid_parameter(str(exc)) from None
-    if not parts:
-        raise problems.missing_dicom("The multipart/related body has no parts.")
-    model = runtime.model(request.query_params.get("model"))
+def study_mismatch() -> problems.Problem:
+    return problems.Problem(
+        409,
+        "study_mismatch",
+        "The instance belongs to another study",
+        "The instance's Study Instance UID is not the study of the request URL.",
+    )
+
+
+PredictOne = Callable[[Any, Any, bytes, dict[str, float]], Awaitable[tuple[dict[str, Any], Any, Any]]]
+
+
+async def stow_response(
+    runtime: Any,
+    request: Request,
+    predict_one: PredictOne,
+    *,
+    study: str | None = None,
+    include_predictions: bool = False,
+    model_ref: str | None = None,
+) -> Response:
+    """Handle one STOW-RS request (see the module docstring).
+
+    Raises:
+        Problem: 415 (media type), 400 (malformed body, no parts), 404 (model).
+    """
+    boundary = request_type(request.headers.get("content-type", ""))
+    model = runtime.model(model_ref)
+    parser = StowParts(boundary, runtime.settings.max_request_bytes)
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
-    for i, part in enumerate(parts):
-        uids = _sop_uids(part.data)
+
+    async def handle(part: bytes | problems.Problem) -> None:
+        index = len(predictions)
+        uids: dict[str, Any] = {}
         try:
-            if not part.data:
+            if isinstance(part, problems.Problem):
+                raise part
+            if not part:
                 raise problems.missing_dicom("An empty part.")
-            record, _, _ = await predict_one(runtime, model, part.data, {})
+            uids, part_study = _header_uids(part)
+            if study is not None and part_study != study:
+                raise study_mismatch()
+            record, _, _ = await predict_one(runtime, model, part, {})
         except (DicomIngestError, problems.Problem) as exc:
             problem = problems.from_ingest_error(exc) if isinstance(exc, DicomIngestError) else exc
             runtime.metrics.input_rejected_total.labels(reason=problem.code).inc()
             failed.append({**uids, _FAILURE_REASON: {"vr": "US", "Value": [failure_reason(problem)]}})
-            predictions.append({"index": i, "status": "failed", "problem": problem.to_dict()})
-            continue
-        referenced.append(uids)
-        predictions.append({"index": i, "status": "stored", "prediction": record})
-    out: dict[str, Any] = {}
+            predictions.append({"index": index, "status": "failed", "problem": problem.to_dict()})
+            return
+        referenced.append({**uids, _RETRIEVE_URL: {"vr": "UR"}})
+        predictions.append({"index": index, "status": "stored", "prediction": record})
+
+    async for chunk in request.stream():
+        parser.feed(chunk)
+        for part in parser.take():
+            await handle(part)
+    if not parser.finished:
+        raise problems.invalid_parameter("The multipart body has no closing delimiter.")
+    if not predictions:
+        raise problems.missing_dicom("The multipart/related body has no parts.")
+    out: dict[str, Any] = {_RETRIEVE_URL: {"vr": "UR"}}
     if failed:
         out[_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
     if referenced:
         out[_REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
-    out["mimicry"] = {"predictions": predictions}
     status = 200 if not failed else (202 if referenced else 409)
+    if include_predictions:
+        return JSONResponse({"dicom": out, "predictions": predictions}, status_code=status)
     return JSONResponse(out, status_code=status, media_type=STOW_MEDIA_TYPE)

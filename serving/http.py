@@ -1,45 +1,64 @@
-"""The HTTP surface of the service: a Starlette app mounted into the BentoML service (``/v1``, ``/dicomweb``).
+"""The HTTP surface of the service: FastAPI apps mounted into the BentoML service with ``@bentoml.asgi_app``.
 
-Routes (docs/serving.md has the full reference):
+Routes of :func:`create_app` (docs/serving.md has the full reference):
 
-* ``POST /v1/predict`` — one DICOM → prediction JSON;
+* ``POST /v1/predict`` — one DICOM → :class:`~serving.schemas.Prediction`;
 * ``POST /v1/explain`` — one DICOM + ``method``/``target``/``format`` → saliency (json, png, overlay, or
   dicom: a de-identified Secondary Capture of the overlay, :mod:`serving.secondary_capture`);
-* ``GET /v1/models`` — the served models' cards;
-* ``POST /dicomweb/studies`` — STOW-RS (see :mod:`serving.dicomweb`).
+* ``GET /v1/models`` — the served models' cards and the saliency methods each can run;
+* ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` — STOW-RS (:mod:`serving.dicomweb`);
+* ``GET /metrics`` — Prometheus text (:mod:`serving.metrics`);
+* any other path — a 404 problem (``not_found``).
+
+:func:`create_health_app` holds ``GET /readyz`` with its JSON details (BentoML's own ``/readyz`` route answers
+first in the service; :class:`serving.service.EdgeMiddleware` hands ``GET /readyz`` to this app).
 
 **Accepted bodies** for a DICOM: ``application/dicom`` (PS3.18 media type), ``application/octet-stream``
-(what ``curl --data-binary`` and many scripts send), or ``multipart/form-data`` with the file in the field
-``file`` (other fields are parameters). Parameters may also be query parameters; form fields win.
+(what ``curl --data-binary`` and many scripts send), ``multipart/form-data`` with the file in the field
+``file`` (other fields are parameters), or ``multipart/related`` (its first part). Parameters may also be
+query parameters; form fields win. Bodies are read as a stream against ``max_request_bytes``
+(:func:`dicom_body`, a dependency): a declared ``Content-Length`` over the limit is refused before a byte is
+read, a chunked body as soon as it passes the limit.
 
-Every failure is an ``application/problem+json`` answer (:mod:`serving.problems`); bad input is always 4xx
-and leaves the service ready. Log records name error codes and exception types only, never request content.
+Every failure is an ``application/problem+json`` answer (:mod:`serving.problems`): the route class
+:class:`ProblemRoute` maps every exception a route raises (and request validation errors) to a problem, so bad
+input is always 4xx and leaves the service ready. Log records name error codes and exception types only,
+never request content.
 """
 
 from __future__ import annotations
 
 import base64
+import email.message
+import email.utils
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
 import anyio
-from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from mimicry.dicom import DicomIngestError
 from mimicry.indicators import border_mass, map_entropy
 from mimicry.saliency import SaliencyError
 from serving import dicomweb, pipeline, problems, render
-from serving.auth import BodyTooLargeError
+from serving.auth import token_matches
 from serving.backends.protocol import BackendError, BackendUnavailableError
+from serving.metrics import metrics_response
 from serving.runtime import OverloadedError, Runtime, active_runtime
+from serving.schemas import Explanation, ModelList, Prediction, Readiness, StowWithPredictions
 from serving.secondary_capture import secondary_capture
 
-__all__ = ["DICOM_MEDIA_TYPES", "create_app"]
+__all__ = ["DICOM_MEDIA_TYPES", "ProblemRoute", "create_app", "create_health_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,58 +66,12 @@ DICOM_MEDIA_TYPES = ["application/dicom", "application/octet-stream", "multipart
 FORMATS = ("json", "png", "overlay", "dicom")
 ENCODINGS = ("png16", "float16")
 SPACES = ("source", "model")
+PROBLEM = problems.PROBLEM_MEDIA_TYPE
+_BINARY = {"type": "string", "format": "binary"}
+_MAX_FORM_FIELDS = 32
 
 
-def _runtime() -> Runtime:
-    rt = active_runtime()
-    if rt is None or not rt.loaded:
-        raise problems.not_ready(5 if rt is None else rt.settings.retry_after_s)
-    if not rt.is_ready():  # loaded, but a backend (Triton) does not answer
-        raise problems.backend_unavailable(rt.settings.retry_after_s)
-    return rt
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def read_dicom_request(request: Request) -> tuple[bytes, dict[str, str]]:
-    """The DICOM bytes of a request and its parameters (query, overridden by form fields).
-
-    Raises:
-        Problem: 415 for another media type, 400 when no DICOM is present.
-        BodyTooLargeError: the body passed the size limit while streaming.
-    """
-    params: dict[str, str] = dict(request.query_params)
-    media = _media_type(request)
-    if media in ("application/dicom", "application/octet-stream"):
-        data = await request.body()
-    elif media == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=32)
-        except BodyTooLargeError:
-            raise
-        except Exception:
-            raise problems.invalid_parameter("The multipart/form-data body could not be parsed.") from None
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
-            for key, value in form.multi_items():
-                if isinstance(value, str):
-                    params[key] = value
-            data = await upload.read() if upload is not None else b""
-        finally:
-            await form.close()
-    elif media == "multipart/related":
-        body = await request.body()
-        parts = dicomweb.parse_multipart_related(body, request.headers.get("content-type", ""))
-        data = parts[0].data if parts else b""
-    else:
-        raise problems.unsupported_media_type(media or "(none)", DICOM_MEDIA_TYPES)
-    if not data:
-        raise problems.missing_dicom()
-    return data, params
+# ------------------------------------------------------------------------------------------ errors
 
 
 def _problem_for(exc: BaseException, rt: Runtime | None) -> problems.Problem:
@@ -107,8 +80,9 @@ def _problem_for(exc: BaseException, rt: Runtime | None) -> problems.Problem:
         return exc
     if isinstance(exc, DicomIngestError):
         return problems.from_ingest_error(exc)
-    if isinstance(exc, BodyTooLargeError):
-        return problems.request_too_large(exc.limit)
+    if isinstance(exc, RequestValidationError):
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) for e in exc.errors()) or "request"
+        return problems.invalid_parameter(f"Invalid parameter: {where}.")
     if isinstance(exc, dicomweb.MultipartError):
         return problems.invalid_parameter(str(exc))
     if isinstance(exc, OverloadedError):
@@ -128,20 +102,314 @@ def _problem_for(exc: BaseException, rt: Runtime | None) -> problems.Problem:
     return problems.internal_error()
 
 
-def _handled(handler: Any) -> Any:
-    async def endpoint(request: Request) -> Response:
-        rt = active_runtime()
-        try:
-            return await handler(request)
-        except Exception as exc:
-            problem = _problem_for(exc, rt)
-            if 400 <= problem.status < 500 and rt is not None:
-                rt.metrics.input_rejected_total.labels(reason=problem.code).inc()
-            return problem.to_response()
+class ProblemRoute(APIRoute):
+    """An ``APIRoute`` whose handler answers every exception as an RFC 9457 problem (FastAPI's documented
+    custom route class hook), counting 4xx refusals in ``mimicry_input_rejected_total``."""
 
-    endpoint.__name__ = handler.__name__
-    endpoint.__doc__ = handler.__doc__
-    return endpoint
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def problem_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                rt = active_runtime()
+                problem = _problem_for(exc, rt)
+                if 400 <= problem.status < 500 and rt is not None and problem.code != "unauthorized":
+                    rt.metrics.input_rejected_total.labels(reason=problem.code).inc()
+                return problem.to_response()
+
+        return problem_handler
+
+
+#: Paths BentoML routes *after* the mounted apps (so a catch-all here must leave them alone).
+_BENTOML_LATE_PATHS = frozenset({"/", "/docs.json"})
+_BENTOML_LATE_PREFIXES = ("/static_content/", "/assets/")
+
+
+class _NotFoundRoute(BaseRoute):
+    """Every path no other route serves: a 404 problem. BentoML's ``PassiveMount`` hands a request to a
+    mounted app only when one of its routes matches, so the catch-all is a route; it leaves alone the paths
+    BentoML itself routes after the mounted apps (its index page, ``/docs.json`` and static assets). A path
+    that a route serves with other methods is a 405 problem (with ``Allow``)."""
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        self.routes = routes
+
+    def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in _BENTOML_LATE_PATHS or path.startswith(_BENTOML_LATE_PREFIXES):
+            return Match.NONE, {}
+        return Match.FULL, {}
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        allowed: set[str] = set()
+        for route in self.routes:
+            if route is not self and isinstance(route, APIRoute) and route.matches(scope)[0] == Match.PARTIAL:
+                allowed |= route.methods or set()
+        problem = problems.not_found() if not allowed else problems.method_not_allowed(sorted(allowed))
+        await problem.to_response()(scope, receive, send)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Routing errors (no route: 404, wrong method: 405) as problems."""
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    if status == 405:
+        return problems.method_not_allowed([]).to_response()
+    if status == 404:
+        return problems.not_found().to_response()
+    return problems.internal_error().to_response()
+
+
+# ------------------------------------------------------------------------------------------ dependencies
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="Required on every route but health, metrics and /docs.json when MIMICRY_SERVE_API_TOKEN "
+    "is set.",
+)
+
+
+def runtime() -> Runtime:
+    """The ready runtime of this worker (503 problem while loading or while a backend is unreachable)."""
+    rt = active_runtime()
+    if rt is None or not rt.loaded:
+        raise problems.not_ready(5 if rt is None else rt.settings.retry_after_s)
+    if not rt.is_ready():  # loaded, but a backend (Triton) does not answer
+        raise problems.backend_unavailable(rt.settings.retry_after_s)
+    return rt
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> None:
+    """RFC 6750 bearer token when one is configured (constant-time comparison); 401 problem otherwise."""
+    rt = active_runtime()
+    token = rt.settings.api_token.get_secret_value() if rt and rt.settings.api_token else None
+    if token and not token_matches(request.headers.get("authorization"), token):
+        raise problems.unauthorized()
+
+
+def _limit(rt: Runtime) -> int:
+    return int(rt.settings.max_request_bytes)
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        length = int(declared)
+    except ValueError:
+        raise problems.invalid_parameter("Content-Length is not an integer.") from None
+    if length > limit:
+        raise problems.request_too_large(limit)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, read as a stream; a 413 problem as soon as it passes ``limit``."""
+    _check_declared_length(request, limit)
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf.extend(chunk)
+        if len(buf) > limit:
+            raise problems.request_too_large(limit)
+    return bytes(buf)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _header_param(value: str, header: str, param: str) -> str | None:
+    """A parameter of a MIME header value (RFC 2045 / 2183 syntax, parsed by :mod:`email`)."""
+    msg = email.message.Message()
+    msg[header] = value
+    got = msg.get_param(param, header=header)
+    if isinstance(got, tuple):  # RFC 2231 encoded
+        got = email.utils.collapse_rfc2231_value(got)
+    return got if isinstance(got, str) else None
+
+
+async def _read_form(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    """``multipart/form-data``: the ``file`` field (else the first file) and the text fields, streamed through
+    python-multipart under the request limit."""
+    _check_declared_length(request, limit)
+    boundary = _header_param(request.headers.get("content-type", ""), "content-type", "boundary")
+    if not boundary:
+        raise problems.invalid_parameter("The multipart/form-data body could not be parsed.")
+    fields: list[tuple[str, bool, bytearray]] = []  # (name, is_file, data)
+    state: dict[str, Any] = {"field": bytearray(), "value": bytearray(), "name": "", "file": False}
+    total = 0
+
+    def header_end() -> None:
+        if bytes(state["field"]).strip().lower() == b"content-disposition":
+            value = bytes(state["value"]).decode("utf-8", "replace")
+            state["name"] = _header_param(value, "content-disposition", "name") or ""
+            state["file"] = _header_param(value, "content-disposition", "filename") is not None
+        state["field"], state["value"] = bytearray(), bytearray()
+
+    def part_begin() -> None:
+        state["name"], state["file"] = "", False
+
+    def headers_finished() -> None:
+        if len(fields) >= _MAX_FORM_FIELDS:
+            raise problems.invalid_parameter("Too many multipart/form-data fields.")
+        fields.append((state["name"], state["file"], bytearray()))
+
+    callbacks = {
+        "on_part_begin": part_begin,
+        "on_header_field": lambda d, s, e: state["field"].extend(d[s:e]),
+        "on_header_value": lambda d, s, e: state["value"].extend(d[s:e]),
+        "on_header_end": header_end,
+        "on_headers_finished": headers_finished,
+        "on_part_data": lambda d, s, e: fields[-1][2].extend(d[s:e]),
+    }
+    parser = MultipartParser(boundary.encode("latin-1"), callbacks)  # type: ignore[arg-type]
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise problems.request_too_large(limit)
+        try:
+            parser.write(chunk)
+        except MultipartParseError:
+            raise problems.invalid_parameter("The multipart/form-data body could not be parsed.") from None
+    params: dict[str, str] = {}
+    data = b""
+    files = [(n, bytes(v)) for n, is_file, v in fields if is_file]
+    for name, is_file, value in fields:
+        if not is_file:
+            params[name] = value.decode("utf-8", "replace")
+    by_name = dict(files)
+    if "file" in by_name:
+        data = by_name["file"]
+    elif files:
+        data = files[0][1]
+    return data, params
+
+
+async def read_dicom_request(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    """The DICOM bytes of a request and its parameters (query, overridden by form fields).
+
+    Raises:
+        Problem: 415 for another media type, 400 when no DICOM is present, 413 over ``limit``.
+    """
+    params: dict[str, str] = dict(request.query_params)
+    media = _media_type(request)
+    if media in ("application/dicom", "application/octet-stream"):
+        data = await _read_limited(request, limit)
+    elif media == "multipart/form-data":
+        data, form = await _read_form(request, limit)
+        params.update(form)
+    elif media == "multipart/related":
+        _check_declared_length(request, limit)
+        parser = dicomweb.StowParts(dicomweb.request_type(request.headers.get("content-type", "")), limit)
+        first: bytes | problems.Problem | None = None
+        async for chunk in request.stream():
+            parser.feed(chunk)
+            taken = parser.take()
+            if first is None and taken:
+                first = taken[0]
+        if isinstance(first, problems.Problem):
+            raise first
+        data = first or b""
+    else:
+        raise problems.unsupported_media_type(media or "(none)", DICOM_MEDIA_TYPES)
+    if not data:
+        raise problems.missing_dicom()
+    return data, params
+
+
+async def dicom_body(
+    request: Request, rt: Annotated[Runtime, Depends(runtime)]
+) -> tuple[bytes, dict[str, str]]:
+    """Dependency: the request's DICOM and parameters under the request size limit."""
+    return await read_dicom_request(request, _limit(rt))
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+DicomDep = Annotated[tuple[bytes, dict[str, str]], Depends(dicom_body)]
+
+
+# ------------------------------------------------------------------------------------------ OpenAPI pieces
+
+
+def _problem(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if retry_after:
+        out["headers"] = {
+            "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+        }
+    return out
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _problem(
+        "Malformed request or DICOM (`missing_dicom`, `not_dicom`, `truncated`, `unreadable`, "
+        "`invalid_geometry`, `invalid_parameter`)."
+    ),
+    401: _problem("Bearer token missing or wrong (`unauthorized`; only when a token is configured)."),
+    404: _problem("Model not served (`model_not_found`)."),
+    413: _problem(
+        "Body over `max_request_bytes` (`request_too_large`) or image too large (`image_too_large`)."
+    ),
+    415: _problem("Another Content-Type (`unsupported_media_type`)."),
+    422: _problem(
+        "DICOM content not served (`unsupported_modality`, `no_pixel_data`, `multi_frame`, `colour_image`, "
+        "`unsupported_transfer_syntax`)."
+    ),
+    503: _problem("Not ready, backend unreachable or overloaded.", retry_after=True),
+}
+
+
+def _dicom_body_doc(form_fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "One DICOM Part 10 instance (PS3.10), as the body or the multipart field `file`.",
+            "content": {
+                "application/dicom": {"schema": _BINARY},
+                "application/octet-stream": {"schema": _BINARY},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": dict(_BINARY), **form_fields},
+                    },
+                    "encoding": {"file": {"contentType": "application/dicom, application/octet-stream"}},
+                },
+            },
+        }
+    }
+
+
+_STR = {"type": "string"}
+_PREDICT_FIELDS = {"model": _STR}
+_EXPLAIN_FIELDS = {
+    "model": _STR,
+    "method": _STR,
+    "target": _STR,
+    "format": {"type": "string", "enum": list(FORMATS)},
+    "encoding": {"type": "string", "enum": list(ENCODINGS)},
+    "space": {"type": "string", "enum": list(SPACES)},
+    "params": _STR,
+}
+ModelQuery = Annotated[
+    str | None, Query(description="Served model: NAME, NAME:VERSION or the configured reference.")
+]
+Include = Annotated[
+    Literal["predictions"] | None,
+    Query(description="`predictions`: answer application/json with the predictions (not standard STOW)."),
+]
+
+
+# ------------------------------------------------------------------------------------------ handlers
 
 
 async def _ingest_and_prepare(
@@ -173,20 +441,6 @@ async def predict_one(
     return record, prepared, out
 
 
-@_handled
-async def predict(request: Request) -> Response:
-    """POST /v1/predict."""
-    rt = _runtime()
-    t0 = time.perf_counter()
-    data, params = await read_dicom_request(request)
-    model = rt.model(params.get("model"))
-    timings: dict[str, float] = {}
-    record, _, _ = await predict_one(rt, model, data, timings)
-    timings["total_ms"] = 1000 * (time.perf_counter() - t0)
-    record["timings_ms"] = timings
-    return JSONResponse(record)
-
-
 def _choice(params: dict[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
     value = params.get(key, default) or default
     if value not in allowed:
@@ -194,122 +448,293 @@ def _choice(params: dict[str, str], key: str, default: str, allowed: tuple[str, 
     return value
 
 
-@_handled
-async def explain(request: Request) -> Response:
-    """POST /v1/explain."""
-    rt = _runtime()
-    t0 = time.perf_counter()
-    data, params = await read_dicom_request(request)
-    model = rt.model(params.get("model"))
-    method = params.get("method") or pipeline.DEFAULT_METHOD
-    offered = pipeline.offered_methods(rt.settings)
-    if method not in offered:
-        raise problems.unknown_method(method, offered)
-    fmt = _choice(params, "format", "json", FORMATS)
-    encoding = _choice(params, "encoding", "png16", ENCODINGS)
-    space = _choice(params, "space", "source", SPACES)
-    try:
-        method_params = pipeline.parse_params(params.get("params"))
-    except ValueError as exc:
-        raise problems.invalid_parameter(str(exc)) from None
-    timings: dict[str, float] = {}
-    record, prepared, out = await predict_one(rt, model, data, timings)
-    target = pipeline.resolve_target(model.card, params.get("target"), record["predicted_index"])
-    t1 = time.perf_counter()
-    if method in pipeline.ONNX_METHODS:
-        smap = await anyio.to_thread.run_sync(
-            pipeline.explain_map, model, prepared, out, target, method, method_params
-        )
-    else:
-        smap = await anyio.to_thread.run_sync(
-            pipeline.explain_map, model, prepared, out, target, method, method_params, limiter=rt.twin_limiter
-        )
-    saliency_s = time.perf_counter() - t1
-    rt.metrics.saliency_seconds.labels(model=model.name, method=method).observe(saliency_s)
-    timings["saliency_ms"] = 1000 * saliency_s
-    if space == "source" or fmt in ("overlay", "dicom"):
-        smap = await anyio.to_thread.run_sync(pipeline.to_source_grid, smap, prepared.box)
-    indicators = {"border_mass": border_mass(smap), "entropy": map_entropy(smap)}
-    rt.metrics.border_mass.labels(model=model.name, method=method).observe(indicators["border_mass"])
-    rt.metrics.entropy.labels(model=model.name, method=method).observe(indicators["entropy"])
-    target_name = model.card.class_names[target]
-    headers = {
-        "X-Mimicry-Model": model.card.ref,
-        "X-Mimicry-Method": method,
-        "X-Mimicry-Target": target_name,
-    }
-    if fmt == "png":
-        return Response(render.heatmap_png(smap), media_type="image/png", headers=headers)
-    if fmt == "overlay":
-        png = render.overlay_png(prepared.image.pixels, smap)
-        return Response(png, media_type="image/png", headers=headers)
-    if fmt == "dicom":
-        description = f"{method} saliency of class {target_name} by {model.card.ref} (mimicry; research use)"
-        salt = rt.settings.ingest.uid_salt.get_secret_value()
-        rgb = render.overlay_rgb(prepared.image.pixels, smap)
-        sc = await anyio.to_thread.run_sync(
-            lambda: secondary_capture(data, rgb, salt=salt, description=description)
-        )
-        return Response(sc, media_type="application/dicom", headers=headers)
-    if encoding == "png16":
-        payload = {
-            "encoding": "png16",
-            "data": base64.b64encode(render.encode_png16(smap)).decode("ascii"),
-            "scale": 65535,
-        }
-    else:
-        payload = {"encoding": "float16", "dtype": "<f2", "data": render.encode_float16(smap)}
-    timings["total_ms"] = 1000 * (time.perf_counter() - t0)
-    body = {
-        "model": record["model"],
-        "method": method,
-        "target": {"class": target_name, "index": target},
-        "map": {**payload, "shape": list(smap.shape), "space": space},
-        "indicators": indicators,
-        "prediction": {k: v for k, v in record.items() if k != "model"},
-        "timings_ms": timings,
-    }
-    return JSONResponse(body, headers=headers)
-
-
-@_handled
-async def models(request: Request) -> Response:
-    """GET /v1/models."""
-    rt = _runtime()
-    out = []
-    for m in rt.models.values():
-        card = m.card.model_dump(mode="json")
-        out.append(
-            {
-                "name": m.name,
-                "version": m.card.version,
-                "requested": m.requested,
-                "default": m.name == rt.default,
-                "backend": m.backend.name,
-                "provider": m.backend.provider,
-                "sha256": m.sha256,
-                "methods": pipeline.offered_methods(rt.settings),
-                "card": card,
-            }
-        )
-    return JSONResponse({"models": out})
-
-
-@_handled
-async def stow(request: Request) -> Response:
-    """POST /dicomweb/studies (STOW-RS)."""
-    rt = _runtime()
-    return await dicomweb.stow_response(rt, request, predict_one)
-
-
-def create_app() -> Starlette:
-    """The Starlette app mounted at ``/`` into the BentoML service (routes only; the runtime is looked up per
-    request with :func:`serving.runtime.active_runtime`)."""
-    return Starlette(
-        routes=[
-            Route("/v1/predict", predict, methods=["POST"]),
-            Route("/v1/explain", explain, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/dicomweb/studies", stow, methods=["POST"]),
-        ]
+def create_app() -> FastAPI:
+    """The FastAPI app mounted at ``/`` into the BentoML service (the runtime is looked up per request with
+    :func:`serving.runtime.active_runtime`)."""
+    app = FastAPI(
+        title="mimicry",
+        version="1",
+        openapi_url=None,  # BentoML serves the merged document at /docs.json
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers={StarletteHTTPException: _http_exception},
     )
+    app.router.route_class = ProblemRoute
+    secured = [Depends(require_token)]
+
+    @app.post(
+        "/v1/predict",
+        tags=["mimicry"],
+        operation_id="mimicry__predict",
+        summary="Predict one DICOM",
+        description="Per-class probabilities in card order, predicted class, uncertainty (predictive "
+        "entropy, ensemble disagreement, abstain, out-of-distribution), provenance, safe metadata.",
+        response_model=Prediction,
+        response_model_exclude_unset=True,
+        responses={**_ERRORS, 200: {"description": "The prediction."}},
+        openapi_extra=_dicom_body_doc(_PREDICT_FIELDS),
+        dependencies=secured,
+    )
+    async def predict(rt: RuntimeDep, body: DicomDep, model: ModelQuery = None) -> Any:
+        t0 = time.perf_counter()
+        data, params = body
+        served = rt.model(params.get("model"))
+        timings: dict[str, float] = {}
+        record, _, _ = await predict_one(rt, served, data, timings)
+        timings["total_ms"] = 1000 * (time.perf_counter() - t0)
+        record["timings_ms"] = timings
+        return record
+
+    @app.post(
+        "/v1/explain",
+        tags=["mimicry"],
+        operation_id="mimicry__explain",
+        summary="Explain one DICOM",
+        description="A saliency map of `target` by `method` (default `gradcam` from the ONNX `cam` output) "
+        "as JSON, a PNG heatmap, an overlay, or a de-identified DICOM Secondary Capture.",
+        response_model=Explanation,
+        response_model_exclude_unset=True,
+        responses={
+            **_ERRORS,
+            200: {
+                "description": "`format=json`: the map and the prediction; `png`/`overlay`: image/png; "
+                "`dicom`: a Secondary Capture (application/dicom).",
+                "content": {"image/png": {"schema": _BINARY}, "application/dicom": {"schema": _BINARY}},
+            },
+            422: _problem("DICOM content not served, or `unknown_method` / `invalid_explanation_request`."),
+        },
+        openapi_extra=_dicom_body_doc(_EXPLAIN_FIELDS),
+        dependencies=secured,
+    )
+    async def explain(
+        rt: RuntimeDep,
+        body: DicomDep,
+        response: Response,
+        model: ModelQuery = None,
+        method: Annotated[str | None, Query(description="Saliency method (GET /v1/models).")] = None,
+        target: Annotated[str | None, Query(description="`predicted`, a class name or index.")] = None,
+        format: Literal["json", "png", "overlay", "dicom"] = "json",
+        encoding: Literal["png16", "float16"] = "png16",
+        space: Literal["source", "model"] = "source",
+        params: Annotated[str | None, Query(description="Method parameters as a JSON object.")] = None,
+    ) -> Any:
+        t0 = time.perf_counter()
+        data, given = body
+        served = rt.model(given.get("model"))
+        chosen = given.get("method") or pipeline.DEFAULT_METHOD
+        offered = rt.methods_for(served)
+        if chosen not in offered:
+            raise problems.unknown_method(chosen, offered)
+        fmt = _choice(given, "format", "json", FORMATS)
+        enc = _choice(given, "encoding", "png16", ENCODINGS)
+        grid = _choice(given, "space", "source", SPACES)
+        try:
+            method_params = pipeline.parse_params(given.get("params"))
+        except ValueError as exc:
+            raise problems.invalid_parameter(str(exc)) from None
+        timings: dict[str, float] = {}
+        record, prepared, out = await predict_one(rt, served, data, timings)
+        index = pipeline.resolve_target(served.card, given.get("target"), record["predicted_index"])
+        t1 = time.perf_counter()
+        limiter = None if chosen in pipeline.ONNX_METHODS else rt.twin_limiter
+        smap = await anyio.to_thread.run_sync(
+            lambda: pipeline.explain_map(served, prepared, out, index, chosen, method_params),
+            limiter=limiter,
+        )
+        saliency_s = time.perf_counter() - t1
+        rt.metrics.saliency_seconds.labels(model=served.name, method=chosen).observe(saliency_s)
+        timings["saliency_ms"] = 1000 * saliency_s
+        if grid == "source" or fmt in ("overlay", "dicom"):
+            smap = await anyio.to_thread.run_sync(pipeline.to_source_grid, smap, prepared.box)
+        indicators = {"border_mass": border_mass(smap), "entropy": map_entropy(smap)}
+        rt.metrics.border_mass.labels(model=served.name, method=chosen).observe(indicators["border_mass"])
+        rt.metrics.entropy.labels(model=served.name, method=chosen).observe(indicators["entropy"])
+        target_name = served.card.class_names[index]
+        headers = {
+            "X-Mimicry-Model": served.card.ref,
+            "X-Mimicry-Method": chosen,
+            "X-Mimicry-Target": target_name,
+        }
+        if fmt == "png":
+            return Response(render.heatmap_png(smap), media_type="image/png", headers=headers)
+        if fmt == "overlay":
+            png = render.overlay_png(prepared.image.pixels, smap)
+            return Response(png, media_type="image/png", headers=headers)
+        if fmt == "dicom":
+            description = (
+                f"{chosen} saliency of class {target_name} by {served.card.ref} (mimicry; research use)"
+            )
+            salt = rt.settings.ingest.uid_salt.get_secret_value()
+            rgb = render.overlay_rgb(prepared.image.pixels, smap)
+            sc = await anyio.to_thread.run_sync(
+                lambda: secondary_capture(data, rgb, salt=salt, description=description)
+            )
+            return Response(sc, media_type="application/dicom", headers=headers)
+        if enc == "png16":
+            payload: dict[str, Any] = {
+                "encoding": "png16",
+                "data": base64.b64encode(render.encode_png16(smap)).decode("ascii"),
+                "scale": 65535,
+            }
+        else:
+            payload = {"encoding": "float16", "dtype": "<f2", "data": render.encode_float16(smap)}
+        timings["total_ms"] = 1000 * (time.perf_counter() - t0)
+        response.headers.update(headers)
+        return {
+            "model": record["model"],
+            "method": chosen,
+            "target": {"class": target_name, "index": index},
+            "map": {**payload, "shape": list(smap.shape), "space": grid},
+            "indicators": indicators,
+            "prediction": {k: v for k, v in record.items() if k != "model"},
+            "timings_ms": timings,
+        }
+
+    @app.get(
+        "/v1/models",
+        tags=["mimicry"],
+        operation_id="mimicry__models",
+        summary="Served models and their cards",
+        response_model=ModelList,
+        response_model_exclude_unset=True,
+        responses={200: {"description": "The served models."}, 401: _ERRORS[401], 503: _ERRORS[503]},
+        dependencies=secured,
+    )
+    async def models(rt: RuntimeDep) -> Any:
+        out = []
+        for m in rt.models.values():
+            out.append(
+                {
+                    "name": m.name,
+                    "version": m.card.version,
+                    "requested": m.requested,
+                    "default": m.name == rt.default,
+                    "backend": m.backend.name,
+                    "provider": m.backend.provider,
+                    "sha256": m.sha256,
+                    "methods": rt.methods_for(m),
+                    "card": m.card.model_dump(mode="json"),
+                }
+            )
+        return {"models": out}
+
+    stow_doc: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "description": 'multipart/related; type="application/dicom"; one DICOM instance per part.',
+            "content": {
+                "multipart/related": {
+                    "schema": {"type": "object", "properties": {"file": {"type": "array", "items": _BINARY}}},
+                    "encoding": {"file": {"contentType": "application/dicom"}},
+                }
+            },
+        }
+    }
+    dicom_json = {"type": "object", "description": "DICOM JSON dataset (PS3.18 Annex F)."}
+    stow_responses: dict[int | str, dict[str, Any]] = {
+        **{
+            code: {
+                "description": text + " DICOM JSON (PS3.18 §10.5.3); with `include=predictions`: "
+                "application/json `StowWithPredictions`.",
+                "content": {"application/dicom+json": {"schema": dicom_json}},
+            }
+            for code, text in (
+                (200, "Every instance accepted."),
+                (202, "Some instances failed."),
+                (409, "Every instance failed."),
+            )
+        },
+        400: _problem("Malformed multipart/related body (`invalid_parameter`) or no part (`missing_dicom`)."),
+        401: _ERRORS[401],
+        404: _ERRORS[404],
+        415: _problem('Not multipart/related; type="application/dicom" (`unsupported_media_type`).'),
+        503: _ERRORS[503],
+    }
+
+    @app.post(
+        "/dicomweb/studies",
+        tags=["mimicry", "DICOMweb"],
+        operation_id="mimicry__stow",
+        summary="STOW-RS (PS3.18 §10.5): store instances, get predictions",
+        response_model=StowWithPredictions,
+        responses=stow_responses,
+        openapi_extra=stow_doc,
+        dependencies=secured,
+    )
+    async def stow(
+        request: Request, rt: RuntimeDep, model: ModelQuery = None, include: Include = None
+    ) -> Any:
+        return await dicomweb.stow_response(
+            rt, request, predict_one, include_predictions=include == "predictions", model_ref=model
+        )
+
+    @app.post(
+        "/dicomweb/studies/{study}",
+        tags=["mimicry", "DICOMweb"],
+        operation_id="mimicry__stow_study",
+        summary="STOW-RS into one study: instances of another study fail (0xA900)",
+        response_model=StowWithPredictions,
+        responses=stow_responses,
+        openapi_extra=stow_doc,
+        dependencies=secured,
+    )
+    async def stow_study(
+        request: Request, study: str, rt: RuntimeDep, model: ModelQuery = None, include: Include = None
+    ) -> Any:
+        return await dicomweb.stow_response(
+            rt,
+            request,
+            predict_one,
+            study=study,
+            include_predictions=include == "predictions",
+            model_ref=model,
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["Infrastructure"],
+        operation_id="mimicry__metrics",
+        summary="Prometheus metrics (text exposition format)",
+        response_class=Response,
+        responses={
+            200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": _STR}}}
+        },
+    )
+    async def metrics() -> Response:
+        return await anyio.to_thread.run_sync(metrics_response)
+
+    app.router.routes.append(_NotFoundRoute(app.router.routes))
+
+    return app
+
+
+def create_health_app() -> FastAPI:
+    """``GET /readyz`` with its details (a separate app: BentoML's own ``/readyz`` route is matched before a
+    mounted app; :class:`serving.service.EdgeMiddleware` routes ``GET /readyz`` here)."""
+    app = FastAPI(title="mimicry-health", version="1", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get(
+        "/readyz",
+        tags=["Infrastructure"],
+        operation_id="mimicry__readyz",
+        description="200 once every model is loaded and warmed up and every backend answers; 503 with "
+        "Retry-After otherwise.",
+        response_model=Readiness,
+        responses={
+            200: {"description": "Ready."},
+            503: {
+                "description": "Not ready.",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}},
+            },
+        },
+    )
+    async def readyz() -> Response:
+        rt = active_runtime()
+        if rt is None:
+            return JSONResponse({"ready": False, "models": []}, status_code=503, headers={"Retry-After": "5"})
+        details = await anyio.to_thread.run_sync(rt.readiness)
+        headers = {} if details["ready"] else {"Retry-After": str(rt.settings.retry_after_s)}
+        return JSONResponse(details, status_code=200 if details["ready"] else 503, headers=headers)
+
+    return app

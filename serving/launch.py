@@ -7,18 +7,27 @@ exactly that group (SIGTERM, then SIGKILL after a bounded wait): BentoML's arbit
 all live in it, and nothing else does.
 
 BentoML 1.4's ``serve`` has no workers flag: the worker count goes in through
-``BENTOML_CONFIG_OPTIONS=services.mimicry.workers=N``; with N > 1 BentoML sets ``PROMETHEUS_MULTIPROC_DIR``
-in every worker and serves the aggregated registry on ``/metrics`` (see :mod:`serving.metrics`).
+``BENTOML_CONFIG_OPTIONS=services.mimicry.workers=N``; BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in every
+worker and ``/metrics`` aggregates them (see :mod:`serving.metrics`).
+
+**One state directory per instance.** ``bentoml serve`` wipes and then uses
+``$BENTOML_HOME/prometheus_multiproc_dir``: two services sharing a ``BENTOML_HOME`` zero each other's
+counters. :func:`build_serve_invocation` therefore always sets ``BENTOML_HOME`` to a directory of this
+instance: ``state_dir`` when given, else ``<tmp>/mimicry-serve-<uid>-<host>-<port>`` (one service per
+address at a time); :func:`start_service` gives each child a fresh temporary directory, removed by
+:meth:`ServiceProcess.stop`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +40,7 @@ __all__ = [
     "ServiceProcess",
     "ServiceStartError",
     "build_serve_invocation",
+    "default_state_dir",
     "free_port",
     "start_service",
     "stop_process_group",
@@ -51,6 +61,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def default_state_dir(host: str, port: int) -> Path:
+    """The per-address state directory used when the caller names none."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    safe_host = "".join(c if c.isalnum() else "_" for c in host)
+    return Path(tempfile.gettempdir()) / f"mimicry-serve-{uid}-{safe_host}-{port}"
+
+
 def build_serve_invocation(
     *,
     host: str,
@@ -61,10 +78,16 @@ def build_serve_invocation(
     backend: str,
     device: str,
     config: Path | None = None,
+    state_dir: Path | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The ``bentoml serve`` argv and the environment additions (pure; tested without starting a server)."""
+    """The ``bentoml serve`` argv and the environment additions (pure; tested without starting a server).
+
+    ``state_dir`` becomes ``BENTOML_HOME`` (this instance's own Prometheus multiprocess directory); default
+    :func:`default_state_dir`.
+    """
     argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
     env = {
+        "BENTOML_HOME": str(state_dir if state_dir is not None else default_state_dir(host, port)),
         # BentoML 1.4 takes the worker count from the service config, not a CLI flag
         "BENTOML_CONFIG_OPTIONS": f"services.mimicry.workers={workers}",
         "MIMICRY_SERVE_REGISTRY": str(registry),
@@ -113,6 +136,8 @@ class ServiceProcess:
     url: str
     log_path: Path
     _log: IO[bytes] | None = field(default=None, repr=False)
+    state_dir: Path | None = None
+    _owns_state: bool = field(default=False, repr=False)
 
     @property
     def pid(self) -> int:
@@ -128,6 +153,9 @@ class ServiceProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._owns_state and self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self._owns_state = False
         return code
 
     def __enter__(self) -> ServiceProcess:
@@ -158,6 +186,7 @@ def start_service(
     log_path: Path | None = None,
     ready_timeout_s: float = 60.0,
     cwd: Path | None = None,
+    state_dir: Path | None = None,
 ) -> ServiceProcess:
     """Run the service as a child process and wait for ``/readyz`` = 200.
 
@@ -173,11 +202,15 @@ def start_service(
         log_path: Where stdout/stderr go (default: a temporary file).
         ready_timeout_s: Bound of the readiness wait.
         cwd: Working directory (default: the repository root, so ``serving`` is importable).
+        state_dir: This instance's ``BENTOML_HOME`` (default: a fresh temporary directory, removed by
+            :meth:`ServiceProcess.stop`).
 
     Raises:
         ServiceStartError: the process exited, or was not ready within ``ready_timeout_s`` (it is stopped).
     """
     port = port or free_port(host)
+    owns_state = state_dir is None
+    state = Path(tempfile.mkdtemp(prefix="mimicry-serve-state-")) if state_dir is None else Path(state_dir)
     argv, extra = build_serve_invocation(
         host=host,
         port=port,
@@ -186,20 +219,19 @@ def start_service(
         models=list(models or []),
         backend=backend,
         device=device,
+        state_dir=state,
     )
     child_env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("MIMICRY_SERVE_")
-        and k not in ("BENTOML_CONFIG_OPTIONS", "PROMETHEUS_MULTIPROC_DIR")
+        and k not in ("BENTOML_CONFIG_OPTIONS", "PROMETHEUS_MULTIPROC_DIR", "BENTOML_HOME")
     }
     child_env.update(extra)
     child_env.update(env or {})
     root = cwd or Path(__file__).resolve().parents[1]
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
     if log_path is None:
-        import tempfile
-
         fd, name = tempfile.mkstemp(prefix="mimicry-serve-", suffix=".log")
         os.close(fd)
         log_path = Path(name)
@@ -213,7 +245,7 @@ def start_service(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    service = ServiceProcess(proc, f"http://{host}:{port}", Path(log_path), log)
+    service = ServiceProcess(proc, f"http://{host}:{port}", Path(log_path), log, state, owns_state)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -1,4 +1,21 @@
-"""Prometheus metrics of the service (issue 5, "Metrics"), next to BentoML's own request metrics.
+"""Prometheus metrics of the service and its ``/metrics`` endpoint (docs/serving.md, "Metrics").
+
+Request metrics (same names, label names and meaning as BentoML 1.4's HTTP instruments, so dashboards and
+alert rules keep working; BentoML's own are switched off with ``metrics.enabled = False`` because they label
+series with the raw request path — unbounded under a scan, and PHI-bearing for DICOMweb paths):
+
+* ``bentoml_service_request_total`` counter and ``bentoml_service_request_duration_seconds`` histogram
+  {endpoint, service_name, service_version, http_response_code, runner_name};
+* ``bentoml_service_request_in_progress`` gauge {endpoint, service_name, service_version, runner_name};
+* ``bentoml_service_last_request_timestamp_seconds`` gauge {service_name, service_version, runner_name}
+  (no ``pid`` label: the maximum over workers).
+
+``endpoint`` is a **route template** (``/dicomweb/studies/{study}``) from a fixed set (:data:`ENDPOINTS`), and
+``other`` for every path that matches none, so a scan of random paths adds at most one series per status
+code. The middleware :class:`RequestMiddleware` also enforces the request timeout (``request_timeout_s``:
+``anyio.fail_after``, cancelled when the request ends; a 504 problem when it fires before the answer started).
+
+Model metrics:
 
 * ``mimicry_inference_seconds`` histogram {model, backend} — one observation per backend batch;
 * ``mimicry_batch_size`` histogram {model, backend};
@@ -9,22 +26,87 @@
 * ``mimicry_model_info`` gauge = 1 {model, version, sha256, backend, provider};
 * ``mimicry_explanation_border_mass`` and ``mimicry_explanation_entropy`` histograms {model, method}.
 
-Labels carry model names, class names, method names and error codes only — never request content or PHI.
+Labels carry route templates, model names, class names, method names and error codes only — never request
+content or PHI.
 
-**Several workers.** ``bentoml serve --workers N`` runs N processes and sets ``PROMETHEUS_MULTIPROC_DIR``
-in each before the service instance is created; ``prometheus_client`` picks its storage when it is first
-imported. This module therefore imports ``prometheus_client`` only inside :func:`get_metrics`, which the
-service calls from its constructor, and the gauge uses ``multiprocess_mode="livemax"`` so that ``/metrics``
-(BentoML's multiprocess collector) reports one series per model, not one per PID.
+**Several workers.** ``bentoml serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (``$BENTOML_HOME/
+prometheus_multiproc_dir``, wiped at start-up) in every worker before the service instance is created;
+``prometheus_client`` picks its storage when a metric is created, so metrics are created lazily
+(:func:`get_metrics`) and :func:`metrics_response` aggregates every worker's files with
+``prometheus_client.multiprocess.MultiProcessCollector``. Each service instance must have its own
+``BENTOML_HOME`` (:func:`serving.launch.build_serve_invocation` sees to it), else a second instance wipes the
+first one's counters. Gauges use ``livemax``/``livesum``/``max`` so no series carries a ``pid`` label.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-__all__ = ["ServingMetrics", "get_metrics"]
+import anyio
+
+__all__ = [
+    "ENDPOINTS",
+    "OTHER",
+    "RequestMiddleware",
+    "ServingMetrics",
+    "endpoint_label",
+    "get_metrics",
+    "mark_process_dead",
+    "metrics_response",
+]
+
+#: Route templates used as ``endpoint`` label values (every route of the service).
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/predict",
+    "/v1/explain",
+    "/v1/models",
+    "/v1/infer",
+    "/dicomweb/studies",
+    "/dicomweb/studies/{study}",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/docs.json",
+    "/schema.json",
+    "/",
+)
+#: The ``endpoint`` label of every other path.
+OTHER = "other"
+_PATTERNS = [(re.compile("^" + re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(t)) + "$"), t) for t in ENDPOINTS]
+_SERVICE = {"service_name": "mimicry", "service_version": "not available", "runner_name": "mimicry"}
+_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+def endpoint_label(path: str) -> str:
+    """The route template matching ``path``, or :data:`OTHER`."""
+    for pattern, template in _PATTERNS:
+        if pattern.match(path):
+            return template
+    return OTHER
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _UNIT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -45,6 +127,10 @@ class ServingMetrics:
     model_info: Any
     border_mass: Any
     entropy: Any
+    request_total: Any
+    request_duration: Any
+    request_in_progress: Any
+    last_request: Any
 
 
 @cache
@@ -94,4 +180,105 @@ def get_metrics() -> ServingMetrics:
             ["model", "method"],
             buckets=_UNIT_BUCKETS,
         ),
+        request_total=Counter(
+            "bentoml_service_request",
+            "Requests answered, by route template and status.",
+            ["endpoint", "service_name", "service_version", "http_response_code", "runner_name"],
+        ),
+        request_duration=Histogram(
+            "bentoml_service_request_duration_seconds",
+            "Request duration, by route template and status.",
+            ["endpoint", "service_name", "service_version", "http_response_code", "runner_name"],
+            buckets=_DURATION_BUCKETS,
+        ),
+        request_in_progress=Gauge(
+            "bentoml_service_request_in_progress",
+            "Requests in progress, by route template.",
+            ["endpoint", "service_name", "service_version", "runner_name"],
+            multiprocess_mode="livesum",
+        ),
+        last_request=Gauge(
+            "bentoml_service_last_request_timestamp_seconds",
+            "Unix time of the last request (maximum over workers).",
+            ["service_name", "service_version", "runner_name"],
+            multiprocess_mode="max",
+        ),
     )
+
+
+def metrics_response() -> Any:
+    """The ``/metrics`` answer: every worker's metrics (multiprocess mode) or this process's registry."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from starlette.responses import Response
+
+    get_metrics()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def mark_process_dead() -> None:
+    """Drop this worker's live gauges from the multiprocess directory (at shutdown)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
+class RequestMiddleware:
+    """ASGI middleware: request metrics with route-template labels, and the request timeout.
+
+    The timeout is the active runtime's ``request_timeout_s`` (:class:`serving.settings.ServeSettings`),
+    enforced with ``anyio.fail_after``: its deadline is cancelled when the request ends, so nothing of a
+    finished request stays referenced. When it fires before the answer started, the client gets a 504
+    ``request_timeout`` problem.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from serving import problems
+        from serving.runtime import active_runtime
+
+        m = get_metrics()
+        endpoint = endpoint_label(scope.get("path", ""))
+        rt = active_runtime()
+        timeout = rt.settings.request_timeout_s if rt is not None else None
+        status = 500
+        started = False
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                started = True
+            await send(message)
+
+        if endpoint != "/metrics":
+            m.last_request.labels(**_SERVICE).set(time.time())
+        in_progress = m.request_in_progress.labels(endpoint=endpoint, **_SERVICE)
+        in_progress.inc()
+        t0 = time.perf_counter()
+        try:
+            with anyio.fail_after(timeout):
+                await self.app(scope, receive, send_wrapper)
+        except TimeoutError:
+            if started:
+                raise
+            status = 504
+            await problems.request_timeout(timeout or 0).to_response()(scope, receive, send)
+        finally:
+            in_progress.dec()
+            labels = {"endpoint": endpoint, "http_response_code": str(status), **_SERVICE}
+            m.request_total.labels(**labels).inc()
+            m.request_duration.labels(**labels).observe(time.perf_counter() - t0)

@@ -13,6 +13,8 @@ missing_dicom          400     no DICOM in the request (empty body, no multipart
 invalid_parameter      400     a query/form parameter is malformed (``target``, ``format``, ``params``)
 unauthorized           401     bearer token missing or wrong (``WWW-Authenticate: Bearer``)
 model_not_found        404     the requested model is not served
+not_found              404     no such route
+method_not_allowed     405     the route does not accept this method
 request_too_large      413     the request body exceeds ``max_request_bytes`` (refused while reading)
 unsupported_media_type 415     the Content-Type is not one the endpoint accepts
 unknown_method         422     the saliency method is not offered
@@ -20,6 +22,7 @@ unsupported_format     422     the explanation format cannot be produced for thi
 backend_unavailable    503     the inference backend (e.g. Triton) cannot be reached (``Retry-After``)
 overloaded             503     the adaptive batcher dropped the request after ``max_latency_ms``
 not_ready              503     models are still loading / warming up
+request_timeout        504     the request ran longer than ``request_timeout_s``
 internal_error         500     a bug: never caused by input; logged without request content
 =====================  ======  =======================================================================
 """
@@ -85,7 +88,7 @@ class Problem(Exception):
         }
 
     def to_response(self) -> JSONResponse:
-        """A Starlette response with media type ``application/problem+json``."""
+        """A response with media type ``application/problem+json``."""
         return problem_response(self.to_dict(), headers=self.headers)
 
 
@@ -124,6 +127,20 @@ def unauthorized(detail: str = "A valid bearer token is required.") -> Problem:
         "Authentication required",
         detail,
         headers={"WWW-Authenticate": 'Bearer realm="mimicry"'},
+    )
+
+
+def not_found() -> Problem:
+    return Problem(404, "not_found", "Not found", "There is no such resource; see GET /docs.json.")
+
+
+def method_not_allowed(allowed: list[str]) -> Problem:
+    return Problem(
+        405,
+        "method_not_allowed",
+        "Method not allowed",
+        "This route does not accept this method.",
+        headers={"Allow": ", ".join(allowed)} if allowed else None,
     )
 
 
@@ -193,6 +210,15 @@ def not_ready(retry_after_s: int) -> Problem:
         "The service is not ready",
         "Models are loading or warming up.",
         headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def request_timeout(limit_s: float) -> Problem:
+    return Problem(
+        504,
+        "request_timeout",
+        "The request took too long",
+        f"The request did not finish within {limit_s:g} s.",
     )
 
 

@@ -3,12 +3,14 @@
 One :class:`Runtime` per worker process, created by :class:`serving.service.MimicryService` at start-up and
 registered with :func:`set_active_runtime` so that the HTTP routes and middleware find it.
 
-**Adaptive batching.** Each model's ``/v1/predict`` traffic goes through BentoML's own adaptive batcher
-(``CorkDispatcher``, the algorithm behind ``@bentoml.api(batchable=True)``): concurrent requests are
-concatenated along the batch axis up to ``max_batch_size``, waiting at most what the dispatcher's latency
-model allows within ``max_latency_ms``; requests that would exceed the budget are dropped with a 503
-``overloaded`` problem. Using the dispatcher directly (rather than an HTTP round trip to a batchable API)
-keeps the preprocessed tensor in memory.
+**Batching.** Each model's DICOM traffic (``/v1/predict``, ``/v1/explain``, STOW-RS) goes through a
+:class:`MicroBatcher`: while a batch runs on the backend, arriving requests queue; when the backend is free,
+everything queued (up to ``max_batch_size``) is concatenated along the batch axis and run as one batch. It
+adds no wait at low load, and batches grow with load. A request that waited longer than ``max_latency_ms``
+is dropped with a 503 ``overloaded`` problem. BentoML's own adaptive batching serves the tensor API
+``/v1/infer`` (``@bentoml.api(batchable=True)``); BentoML has no public in-process entry to its dispatcher
+(calling the batchable API from a route is an HTTP round trip through the service with the tensor
+serialised as JSON), hence this small batcher for the DICOM routes.
 
 **Ensemble disagreement.** For an ensemble (:attr:`serving.pipeline.ServedModel.is_ensemble`) with
 ``ensemble_disagreement`` on, every batch also runs the members on the torch twin
@@ -19,26 +21,29 @@ the cost is amortised by the same adaptive batch, and the member twin is loaded 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import numpy as np
 
 from mimicry.registry import ModelRef, Registry
+from mimicry.saliency import get_method
 from serving import problems
 from serving.backends.guard import GuardedBackend
 from serving.backends.protocol import BackendOutput, BackendUnavailableError
 from serving.health import ArtifactWatch, HealthMonitor
 from serving.metrics import ServingMetrics, get_metrics
-from serving.pipeline import ServedModel, load_served_model, resolve_model_refs, warm_up
+from serving.pipeline import ServedModel, load_served_model, offered_methods, resolve_model_refs, warm_up
 from serving.settings import ServeSettings
 
-__all__ = ["OverloadedError", "Runtime", "active_runtime", "set_active_runtime"]
+__all__ = ["MicroBatcher", "OverloadedError", "Runtime", "active_runtime", "set_active_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +65,65 @@ class OverloadedError(Exception):
     """The adaptive batcher dropped a request that would exceed ``max_latency_ms``."""
 
 
-def _overloaded() -> Any:
-    raise OverloadedError
+class MicroBatcher:
+    """Batch concurrent single-sample requests to one backend (see the module docstring).
+
+    Args:
+        run_batch: ``x[N, ...] -> BackendOutput`` (blocking; run in a worker thread).
+        max_batch_size: Largest batch.
+        max_latency_s: Longest a request may wait in the queue before it is dropped (``OverloadedError``).
+    """
+
+    def __init__(
+        self, run_batch: Callable[[np.ndarray], BackendOutput], max_batch_size: int, max_latency_s: float
+    ):
+        self.run_batch = run_batch
+        self.max_batch_size = int(max_batch_size)
+        self.max_latency_s = float(max_latency_s)
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[BackendOutput], float]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, x: np.ndarray) -> BackendOutput:
+        """Queue one sample ``x[1, ...]`` and wait for its row of the batch output."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[BackendOutput] = loop.create_future()
+        self._queue.append((x, fut, time.monotonic()))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await fut
+
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[BackendOutput]]]:
+        batch: list[tuple[np.ndarray, asyncio.Future[BackendOutput]]] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            x, fut, queued = self._queue.popleft()
+            if fut.done():  # the request was cancelled (client gone, timeout)
+                continue
+            if now - queued > self.max_latency_s:
+                fut.set_exception(OverloadedError())
+                continue
+            batch.append((x, fut))
+        return batch
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                x = np.concatenate([b[0] for b in batch], axis=0)
+                out = await anyio.to_thread.run_sync(self.run_batch, x)
+            except BaseException as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for i, (_, fut) in enumerate(batch):
+                if not fut.done():
+                    fut.set_result(out.row(i))
+            del batch, x, out
 
 
 class Runtime:
@@ -79,7 +141,7 @@ class Runtime:
         self.aliases: dict[str, str] = {}
         self.default: str | None = None
         self.metrics: ServingMetrics = get_metrics()
-        self._dispatchers: dict[str, Any] = {}
+        self._batchers: dict[str, MicroBatcher] = {}
         self._loaded = False
         self.health: HealthMonitor | None = None
         self._watches: dict[str, ArtifactWatch] = {}
@@ -124,8 +186,7 @@ class Runtime:
             self.health.stop()
         for model in self.models.values():
             model.backend.close()
-        for dispatcher, _ in self._dispatchers.values():
-            dispatcher.shutdown()
+        self._batchers.clear()
 
     @property
     def loaded(self) -> bool:
@@ -230,37 +291,36 @@ class Runtime:
             out = out.with_members(model.member_probs(x))
         return out
 
-    def _dispatcher(self, model: ServedModel) -> Any:
-        entry = self._dispatchers.get(model.name)
-        if entry is None:
-            from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
-            d = CorkDispatcher(
-                max_latency_in_ms=self.settings.max_latency_ms,
-                max_batch_size=self.settings.max_batch_size,
-                fallback=_overloaded,
-                get_batch_size=lambda x: int(x.shape[0]),
-                batch_dim=(0, 0),
+    def _batcher(self, model: ServedModel) -> MicroBatcher:
+        batcher = self._batchers.get(model.name)
+        if batcher is None:
+            batcher = self._batchers[model.name] = MicroBatcher(
+                lambda x: self.infer_now(model, x, members=self.wants_members(model)),
+                self.settings.max_batch_size,
+                self.settings.max_latency_ms / 1000.0,
             )
+        return batcher
 
-            async def run_batch(inputs: Sequence[np.ndarray]) -> list[BackendOutput]:
-                batch = np.concatenate(list(inputs), axis=0)
-                out = await anyio.to_thread.run_sync(
-                    lambda: self.infer_now(model, batch, members=self.wants_members(model))
-                )
-                return [out.row(i) for i in range(len(inputs))]
-
-            entry = self._dispatchers[model.name] = (d, d(run_batch))
-        return entry[1]
+    def methods_for(self, model: ServedModel) -> list[str]:
+        """Saliency methods ``/v1/explain`` can run for ``model``: the offered ones minus those that need
+        layer statistics (IBA family: a ``stats`` parameter without default) the service does not have."""
+        out = []
+        for name in offered_methods(self.settings):
+            defaults = get_method(name).defaults
+            if (
+                "stats" in defaults
+                and defaults["stats"] is None
+                and getattr(model, "layer_stats", None) is None
+            ):
+                continue
+            out.append(name)
+        return out
 
     async def infer(self, model: ServedModel, x: np.ndarray) -> BackendOutput:
         """One sample ``x[1, 1, S, S]`` through the adaptive batcher.
 
         Raises:
-            OverloadedError: dropped by the batcher.
+            OverloadedError: waited longer than ``max_latency_ms``.
             BackendUnavailableError: the backend is unreachable.
         """
-        out = await self._dispatcher(model)(x)
-        if out is None:  # pragma: no cover - the fallback raises
-            raise OverloadedError
-        return out
+        return await self._batcher(model).submit(x)

@@ -1,4 +1,4 @@
-"""Typed settings of the serving layer (DESIGN.md, "Shape": config is typed, built once at the edge).
+"""Typed settings of the serving layer: configuration is typed and built once, at the edge (docs/serving.md).
 
 Every field comes from, in decreasing priority: keyword arguments, environment variables with prefix
 ``MIMICRY_SERVE_`` (nested with ``__``, e.g. ``MIMICRY_SERVE_INGEST__MAX_PIXELS=20000000``,
@@ -111,11 +111,20 @@ class ServeSettings(BaseSettings):
         ),
     )
     max_request_bytes: int = Field(
-        64 * 2**20, gt=0, description="Largest request body accepted (413 beyond, checked while reading)."
+        64 * 2**20,
+        gt=0,
+        description="Largest request body accepted (413 beyond, checked while reading); for STOW-RS the "
+        "largest instance (each larger part fails with 0xA700, the others are processed).",
     )
     max_batch_size: int = Field(32, ge=1, description="Adaptive batching: largest batch sent to a backend.")
     max_latency_ms: int = Field(
         10_000, ge=1, description="Adaptive batching: longest a request may wait (503 'overloaded' beyond)."
+    )
+    request_timeout_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="Longest a request may run (504 'request_timeout' beyond); cancelled when it ends. "
+        "None: no limit.",
     )
     warmup: bool = Field(True, description="Run one dummy batch per model before /readyz turns true.")
     ood_z_threshold: float = Field(

@@ -201,7 +201,12 @@ def test_stow_rs(client, phantom_files) -> None:
     assert refs[0]["00081155"]["Value"] == [uid]
     failed = out["00081198"]["Value"]
     assert failed == [{"00081197": {"vr": "US", "Value": [0xC000]}}]
-    preds = out["mimicry"]["predictions"]
+    assert set(out) == {"00081190", "00081198", "00081199"}  # a pure DICOM JSON dataset
+    # the predictions: opt-in, in their own document (docs/serving.md, "STOW-RS")
+    r2 = client.post("/dicomweb/studies?include=predictions", content=body, headers={"content-type": ctype})
+    assert r2.status_code == 202
+    assert r2.json()["dicom"] == out
+    preds = r2.json()["predictions"]
     assert [p["status"] for p in preds] == ["stored", "failed", "stored"]
     assert preds[1]["problem"]["code"] == "not_dicom"
     assert preds[0]["prediction"]["predicted_class"] in ("Normal", "CHF", "pneumonia")

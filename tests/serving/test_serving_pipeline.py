@@ -197,9 +197,20 @@ def test_multipart_related_parser() -> None:
         b"--XX\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n"
         b"--XX\r\nContent-Type: application/dicom\r\n\r\nBB\r\n--XX--\r\n"
     )
-    parts = dicomweb.parse_multipart_related(body, 'multipart/related; type="application/dicom"; boundary=XX')
-    assert [p.data for p in parts] == [b"AAA", b"BB"]
-    with pytest.raises(dicomweb.MultipartError):
-        dicomweb.parse_multipart_related(body, 'multipart/related; type="application/json"; boundary=XX')
+    boundary = dicomweb.request_type('multipart/related; type="application/dicom"; boundary=XX')
+    whole = dicomweb.StowParts(boundary, max_part_bytes=100)
+    whole.feed(body)
+    assert whole.take() == [b"AAA", b"BB"]
+    assert whole.finished
+    streamed = dicomweb.StowParts(boundary, max_part_bytes=2)  # byte by byte, a 2-byte limit per part
+    for i in range(len(body)):
+        streamed.feed(body[i : i + 1])
+    got = streamed.take()
+    assert isinstance(got[0], problems.Problem)
+    assert got[0].status == 413
+    assert got[1] == b"BB"
+    with pytest.raises(problems.Problem) as exc:
+        dicomweb.request_type('multipart/related; type="application/json"; boundary=XX')
+    assert exc.value.status == 415
     assert dicomweb.failure_reason(problems.request_too_large(1)) == 0xA700
     assert dicomweb.failure_reason(problems.from_ingest_error(NotDicomError("x"))) == 0xC000
