@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -240,20 +241,21 @@ class RequestMiddleware:
     ``request_timeout`` problem.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, timeout_s: Callable[[], float | None] = lambda: None) -> None:
+        """``timeout_s``: called per request for the deadline in seconds (``None``: none), e.g. the active
+        runtime's ``request_timeout_s`` (passed in by the service, so this module imports no runtime)."""
         self.app = app
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         from serving import problems
-        from serving.runtime import active_runtime
 
         m = get_metrics()
         endpoint = endpoint_label(scope.get("path", ""))
-        rt = active_runtime()
-        timeout = rt.settings.request_timeout_s if rt is not None else None
+        timeout = self.timeout_s()
         status = 500
         started = False
 

@@ -149,5 +149,11 @@ class MimicryService:
         return self.runtime.infer_now(model, x).probs
 
 
-MimicryService.add_asgi_middleware(RequestMiddleware)  # first added = outermost: counts 401s and 404s too
+def _request_timeout_s() -> float | None:
+    rt = active_runtime()
+    return rt.settings.request_timeout_s if rt is not None else None
+
+
+# first added = outermost: counts 401s and 404s too
+MimicryService.add_asgi_middleware(RequestMiddleware, timeout_s=_request_timeout_s)
 MimicryService.add_asgi_middleware(EdgeMiddleware)
