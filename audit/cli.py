@@ -25,6 +25,7 @@ from audit.history import History
 from audit.policy import ALL_CHECKS, format_table, load_policy
 from audit.prometheus import AuditMetrics
 from audit.report import write_reports
+from audit.report.verdict import VerdictError, load_report, render_verdict
 from audit.runner import AuditConfig, run_audit
 from audit.settings import AuditSettings
 from audit.watch import parse_interval, watch
@@ -333,6 +334,17 @@ def watch_cmd(
         _usage(str(exc))
     finally:
         server.shutdown()
+
+
+@app.command("verdict")
+def verdict_cmd(
+    report: Path = typer.Argument(Path("reports/audit"), help="report.json or its directory."),
+) -> None:
+    """Print an audit run's verdict: gate family x model, the shortcut gates' numbers, a short reading."""
+    try:
+        typer.echo(render_verdict(load_report(report)), nl=False)
+    except VerdictError as exc:
+        _usage(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m audit.cli` (the console script is `mimicry audit`)
