@@ -1,4 +1,4 @@
-"""Typed errors of the audit (DESIGN.md, "Audit"). Messages never quote case identifiers or patient data."""
+"""Typed errors of the audit (docs/audit.md). Messages never quote case identifiers or patient data."""
 
 from __future__ import annotations
 

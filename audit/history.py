@@ -1,4 +1,4 @@
-"""Append-only SQLite history of audit runs (DESIGN.md, "Audit"; issue 6, "History").
+"""Append-only SQLite history of audit runs (docs/audit.md, "History, cache, gate").
 
 Tables (schema version 1; every table is append-only, enforced by triggers that abort UPDATE and DELETE):
 

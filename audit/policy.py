@@ -1,4 +1,4 @@
-"""Audit policy: YAML → typed criteria → PASS / FAIL per method × criterion (seed 001, Table 2).
+"""Audit policy: YAML → typed criteria → PASS / FAIL per method × criterion (Arun et al. 2021, Table 2).
 
 The documented default is ``audit/policy_default.yaml`` (read it for the file format). :func:`evaluate`
 turns a model's check results into :class:`Verdict` rows; :func:`format_table` prints them shaped like Arun

@@ -1,4 +1,4 @@
-"""The audit's reference store: EGD-layout cases prepared for one model (REFERENCE.md, "Dataset formats").
+"""The audit's reference store: EGD-layout cases prepared for one model (docs/methods.md, "Dataset formats").
 
 A reference store is any dataset in the MIMIC-CXR-EGD layout (the phantom benchmark by default; real
 MIMIC-CXR-EGD when the user has it) read with :class:`mimicry.data.EgdDataset`. For each case the audit needs
@@ -35,7 +35,8 @@ __all__ = [
     "open_reference",
 ]
 
-#: Demographic and site columns every score is broken down by (seed 003: check bias across subgroups).
+#: Demographic and site columns every score is broken down by (the perspective paper: check bias across
+#: subgroups).
 GROUP_COLUMNS: tuple[str, ...] = ("gender", "age_bucket", "site")
 
 #: Grid of the average-mask low baseline before it is resized to each case (Arun et al., "AVG").

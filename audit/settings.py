@@ -1,4 +1,6 @@
-"""Typed settings of the audit, built once at the edge (CLI) and passed down (DESIGN.md, "Style").
+"""Typed settings of the audit, built once at the edge (CLI) and passed down.
+
+See docs/architecture.md, "Configuration".
 
 Environment variables (prefix ``MIMICRY_AUDIT_``):
 

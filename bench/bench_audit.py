@@ -1,4 +1,4 @@
-"""Audit throughput benchmark (issue 6, "Evidence"): white-box cases × methods per second and the cost of
+"""Audit throughput benchmark (docs/benchmarks.md): white-box cases × methods per second and the cost of
 each check, on a phantom reference and a hand-set LeftRightToyNet published into a temporary registry.
 
 Black-box side by side: the same model is served by ``bentoml serve serving.service:MimicryService`` on

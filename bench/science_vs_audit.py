@@ -1,6 +1,7 @@
 """Compare the science table with what ``mimicry audit run`` stored in its history database; print JSON.
 
-Issue 6's evidence: after ``mimicry bench science --out RUNS --registry REG`` and
+Evidence that the audit reproduces the science benchmark (docs/results.md): after
+``mimicry bench science --out RUNS --registry REG`` and
 ``mimicry audit run --registry REG --model all --reference RUNS/phantom-reversed --methods gradcam
 --history DB``, every explanation column of ``RUNS/results.json`` (KLD, NSS, AUPRC, marker mass per version,
 and their mean over seeds per recipe; consistency when the audit ran the ``consistency`` check) is read back

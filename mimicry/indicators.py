@@ -5,7 +5,8 @@ Prometheus and an operator can watch for drift (a model that starts looking at t
 maps spread out):
 
 * :func:`border_mass` — share of the map's mass inside the outer band of the image (the "shortcut mass"
-  idea of DESIGN.md, "Audit": burned-in markers and collimation edges live at the border);
+  of docs/methods.md, "Localisation and faithfulness metrics": burned-in markers and collimation edges live
+  at the border);
 * :func:`map_entropy` — normalised Shannon entropy of the map seen as a distribution over pixels
   (0 = all mass on one pixel, 1 = uniform).
 

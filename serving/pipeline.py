@@ -1,4 +1,4 @@
-"""The serving pipeline as plain functions (DESIGN.md, "Data flow", *Request*).
+"""The serving pipeline as plain functions (docs/architecture.md, "A request").
 
 DICOM bytes → :func:`ingest` (:func:`mimicry.dicom.read_dicom`: validate, decode, display pipeline, safe
 metadata; typed refusal otherwise) → :func:`prepare` (:func:`mimicry.preprocess.preprocess` with the card's

@@ -1,4 +1,5 @@
-"""How sure a prediction is (seed 003: a model should be able to say "I don't know").
+"""How sure a prediction is (the perspective paper: a model should be able to say "I don't
+know"; docs/methods.md, "Out-of-distribution and abstain flags").
 
 * **Predictive entropy** ``H(p̄) = −Σ_c p̄_c ln p̄_c`` (nats) of the served probabilities, and its share of
   the maximum ``ln K``. ``abstain`` is ``H > threshold`` with the threshold from the card's ``uncertainty``

@@ -2,7 +2,7 @@
 
 One typed config per run (:mod:`training.config`), one engine (:mod:`training.loop`), one small class per
 method (:mod:`training.recipes`: ``baseline``, ``ensemble``, ``explanation_ensemble``, ``unet_egd``; the
-mask-guided recipes of seed 002 plug in the same way), cached tensors from the EGD / phantom datasets
+mask-guided recipes of Viviano et al. plug in the same way), cached tensors from the EGD / phantom datasets
 (:mod:`training.data`), pickle-free checkpoints (:mod:`training.checkpoint`) and publication into the model
 registry (:mod:`training.publish`). ``mimicry train`` (:mod:`mimicry_cli.commands.train`) drives it::
 

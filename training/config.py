@@ -3,7 +3,7 @@
 Every section is a pydantic model with ``extra="forbid"``: an unknown or misspelt key is an error, never
 silently ignored. The recipe section is dispatched on its ``name`` to the settings class the recipe
 registered (:func:`register_recipe_settings`), so each recipe validates its own knobs (Watson et al., WACV
-2023, Eq. 2: ``beta``, ``alpha``, ...; the mask-guided recipes of seed 002 add theirs the same way).
+2023, Eq. 2: ``beta``, ``alpha``, ...; the mask-guided recipes of Viviano et al. add theirs the same way).
 
 Layout (every key optional except ``data.root``)::
 
@@ -125,7 +125,7 @@ class PhantomSettings(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where the data comes from and how it is split (REFERENCE.md, "Dataset formats").
+    """Where the data comes from and how it is split (docs/methods.md, "Dataset formats").
 
     Attributes:
         root: MIMIC-CXR-EGD (or phantom) root holding ``master_sheet.csv``.

@@ -6,7 +6,8 @@ masks go through :func:`mimicry.preprocess.letterbox` with the *same geometry* (
 padding), so a pixel of the heatmap or mask lies on the same pixel of the model input. Heatmaps are
 renormalised to sum 1 after resampling (all zeros when the image has no fixation); masks are thresholded at
 0.5 after bilinear resampling. ``roi_mask`` is the union of ``data.roi_anatomy`` (lungs + mediastinum), the
-region of interest of the mask-guided recipes (seed 002, Viviano et al.).
+region of interest of the mask-guided recipes (Viviano et al., ICLR 2021; docs/methods.md,
+"Mask-guided training").
 
 Splits: *train* and *val* come from the dataset's train split, val = ``data.val_fraction`` of its *patients*
 (:func:`mimicry.data.patient_split`, ``data.split_seed``); rows whose ``split`` column says ``val`` /

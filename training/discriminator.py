@@ -4,7 +4,8 @@
 2) and ReLU activations are used after each convolution layer." Its input is one sub-model's Grad-CAM map
 ``E_i(x)`` (final conv layer, ``[N, 1, h, w]``) and its output the logits over the ``S`` sub-models
 ("which sub-model produced this explanation"), trained with ``F.cross_entropy`` (log-softmax + NLL; the
-released code applied NLLLoss to raw logits — REFERENCE.md lists that bug, not reproduced here).
+released code applied NLLLoss to raw logits, a bug not reproduced here; docs/methods.md, "Explanation
+ensemble").
 
 A linear layer maps the flattened features to the ``S`` classes (the paper does not spell out the read-out;
 a CNN classifier needs one). The maps must be at least 4×4 (two 2×2 poolings).
@@ -81,7 +82,7 @@ def normalise_maps(maps: Tensor, eps: float, mode: str = "max") -> Tensor:
 
     ``"max"``: ``m / (max(m) + eps)`` → ``[0, 1]``; ``"sum"``: ``m / (Σ m + eps)`` → a distribution. The
     epsilon keeps all-zero maps (Grad-CAM's ReLU can zero a whole map) finite with a zero gradient instead of
-    NaN. REFERENCE.md, "Explanation ensemble": normalise each map per sample with an epsilon.
+    NaN. docs/methods.md, "Explanation ensemble": normalise each map per sample with an epsilon.
     """
     if mode == "max":
         scale = maps.amax(dim=(-2, -1), keepdim=True)

@@ -1,4 +1,5 @@
-"""Publish a finished run into a model registry (DESIGN.md, "The registry"; "Model lifecycle").
+"""Publish a finished run into a model registry (docs/architecture.md, "The registry";
+"A model's life").
 
 :func:`publish_run` reads ``run_dir/result.json``, ``config.yaml``, the weights (sha256-checked) and the held
 batch that :func:`training.loop.train` wrote, rebuilds the model(s) with

@@ -1,6 +1,6 @@
 """The science benchmark: the training issue's evidence on the phantom with a planted shortcut.
 
-Issue 4, "Evidence (the science benchmark)": one command generates a phantom dataset whose burned-in site
+The science benchmark (docs/results.md): one command generates a phantom dataset whose burned-in site
 marker agrees with the label in train (``shortcut_corr`` 0.9) and is *reversed* in test, trains the baseline,
 the Improved UNet (``unet_egd``), a normal ensemble, the explanation ensemble (Watson et al., WACV 2023) and
 the mask-guided ActDiff and GradMask (Viviano et al.) with several seeds, publishes every run to a

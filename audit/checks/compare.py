@@ -1,6 +1,6 @@
 """Paired comparisons between models on per-case scores (the seed papers' tables).
 
-Watson et al. (seed 000) compare models with paired t-tests on per-image KLD / NSS; the Wilcoxon
+Watson et al. (WACV 2023) compare models with paired t-tests on per-image KLD / NSS; the Wilcoxon
 signed-rank test is the distribution-free alternative (:mod:`audit.metrics.stats`). For two audited models
 and every (check, method, metric) both have per-case values for, the cases both scored are paired by case key.
 """

@@ -1,4 +1,6 @@
-"""Explanation consistency across replicates (Watson et al., "Agree to disagree", WACV 2022; seed 000).
+"""Explanation consistency across replicates (Watson et al., "Agree to disagree", WACV 2022).
+
+The metric is defined in docs/methods.md, "Explanation consistency".
 
 A logistic regression is trained to tell which of two models produced an explanation
 (:func:`audit.metrics.explanation_consistency`: flattened maps, standardised, stratified 70/30 split). The

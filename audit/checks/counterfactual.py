@@ -1,7 +1,7 @@
 """Counterfactual shortcut check: does painting out the burned-in marker change the prediction?
 
 Saliency mass on the marker (:mod:`audit.checks.shortcut`) says where a *map* points; this check asks the
-*model*. For every reference case with a recorded marker box (phantoms; DESIGN.md "Data: the phantom
+*model*. For every reference case with a recorded marker box (phantoms; docs/methods.md, "The phantom
 benchmark"), the box grown by ``margin`` pixels is painted over, in the native image, with the median of a
 ``ring``-pixel band around it (the local background), and the case is preprocessed and predicted again. As a
 control, the same-sized box mirrored to the other side of the image (same rows, so the same distance from the

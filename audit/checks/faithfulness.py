@@ -1,4 +1,4 @@
-"""Faithfulness: insertion / deletion AUC (Petsiuk et al. 2018; REFERENCE.md seed 004).
+"""Faithfulness: insertion / deletion AUC (Petsiuk et al. 2018, as used by Khakzar et al., MICCAI 2021).
 
 Scored at model resolution on the preprocessed input: the most salient pixels are deleted from (replaced by
 the blurred image, σ = 5 px) or inserted into (the blurred image) the input, and the target-class probability

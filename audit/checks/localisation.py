@@ -1,6 +1,7 @@
 """Localisation utility: maps vs finding masks / boxes, against the average-mask low baseline.
 
-Arun et al. (seed 001; REFERENCE.md, "Saliency trustworthiness"): every pixel is a sample, AUPRC is the
+Arun et al. (Radiology: AI 2021; docs/methods.md, "Localisation and faithfulness metrics"): every pixel is
+a sample, AUPRC is the
 trapezoidal area under the precision-recall curve (:func:`audit.metrics.auprc`); the *low baseline* is the
 average of the training split's masks used as a saliency map ("AVG" in Table 2). We add IoU of the top 10 %
 of the map (``audit.metrics.iou(top_percent=10)``) and the pointing game (Zhang et al. 2018). Only cases

@@ -1,6 +1,7 @@
 """Shortcut reliance: saliency mass where no diagnostic evidence can be.
 
-DESIGN.md ("Data: the phantom benchmark") plants a burned-in site marker correlated with the label; a model
+The phantom benchmark (docs/methods.md, "The phantom benchmark") plants a burned-in site marker correlated
+with the label; a model
 that learned it puts saliency on the marker. Per case (native grid, map normalised to unit mass by the
 metric functions of :mod:`audit.metrics.shortcut`):
 

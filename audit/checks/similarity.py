@@ -1,13 +1,13 @@
-"""Repeatability, reproducibility and runtime reproducibility (Arun et al., seed 001; DESIGN.md "Why a twin").
+"""Repeatability, reproducibility and runtime reproducibility (Arun et al., Radiology: AI 2021).
 
 * **Repeatability**: SSIM between the maps of two replicates (same recipe, other seed: registry versions
   sharing a ``replicate_group``), per case on the native grid; **reproducibility**: the same between two
   architectures trained on the same data (same ``dataset_fingerprint``). Both are compared with the low
   baseline SSIM = 0.5 (Table 2, "LOW"); ``baselines["low"] = {"ssim": 0.5}``.
-* **Runtime reproducibility**: the torch twin vs ONNX Runtime on the same preprocessed inputs — the largest
-  absolute difference of the class probabilities and of the in-graph Grad-CAM (normalised per map by its
-  maximum, so the tolerance does not depend on the logit scale). A served model (Triton via an endpoint)
-  is compared the same way.
+* **Runtime reproducibility** (docs/architecture.md, "Why a twin"): the torch twin vs ONNX Runtime on the
+  same preprocessed inputs — the largest absolute difference of the class probabilities and of the in-graph
+  Grad-CAM (normalised per map by its maximum, so the tolerance does not depend on the logit scale). A served
+  model (Triton via an endpoint) is compared the same way.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Subgroup breakdown of every per-case score (seed 003: check bias across subgroups).
+"""Subgroup breakdown of every per-case score (the perspective paper: check bias across subgroups).
 
 For each per-case metric of each check result and each grouping column (gender, age bucket, site), the mean
 score per group is computed and the **gap** = largest minus smallest group mean (groups with fewer than

@@ -1,6 +1,6 @@
 """Shared input handling for :mod:`audit.metrics`.
 
-Every metric follows one convention (the project spec, "Metrics"):
+Every metric follows one convention:
 
 * first argument: saliency map(s), then the reference (gaze map, fixation map, mask, ...);
 * a single map ``H×W`` or a batch ``N×H×W``; torch tensors are converted to numpy (detached, on CPU);
@@ -93,7 +93,7 @@ def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     preserve_range=True)``, i.e. bilinear with a Gaussian anti-aliasing pre-filter when shrinking (as MATLAB
     ``imresize`` anti-aliases when shrinking). The MIT benchmark calls ``imresize(map, size(fixationMap))``,
     whose default kernel is bicubic; we use bilinear because it never overshoots (a non-negative map stays
-    non-negative, which KLD/SIM need) and the project spec asks for it. The batch axis is left untouched
+    non-negative, which KLD/SIM need; docs/methods.md, "Gaze metrics"). The batch axis is left untouched
     (zoom 1, no smoothing across maps). Maps already on the grid are returned unchanged (no copy).
     """
     if maps.shape[1:] == tuple(shape):

@@ -1,12 +1,13 @@
 """Explanation consistency: can a classifier tell which model produced an explanation?
 
 Watson, Hasan & Al Moubayed, "Agree to disagree: When deep learning models with identical architectures
-produce distinct explanations", WACV 2022 (REFERENCE.md seed 000, "Explanation consistency"): flatten the
+produce distinct explanations", WACV 2022 (docs/methods.md, "Explanation consistency"): flatten the
 maps, standardise, train a logistic regression to predict the producing model on a stratified 70 % split,
 and report its accuracy on the held-out 30 %. Accuracy near 50 % means the two models' explanations are
 indistinguishable (consistent); near 100 % means they are trivially separable.
 
-The reported score (our definition, documented as REFERENCE.md asks) maps accuracy to [0, 1]::
+The reported score (our definition, documented in docs/methods.md, "Explanation consistency") maps
+accuracy to [0, 1]::
 
     consistency = 1 − 2·|accuracy − 0.5|        1 = indistinguishable, 0 = perfectly separable
 

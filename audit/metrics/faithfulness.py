@@ -1,7 +1,7 @@
 """Faithfulness metrics: does the model's output depend on the pixels the map calls important?
 
 Insertion / deletion (Petsiuk et al., "RISE", BMVC 2018, its causal metrics; used by Khakzar et al. and
-Schulz et al. for IBA, REFERENCE.md seed 004) and Sensitivity-n (Ancona et al., "Towards better
+Schulz et al. for IBA; MICCAI 2021 / ICLR 2020) and Sensitivity-n (Ancona et al., "Towards better
 understanding of gradient-based attribution methods for deep neural networks", ICLR 2018).
 
 The model is a plain forward callable ``forward(batch: np.ndarray[B, C, H, W] float32) -> np.ndarray[B, K]``

@@ -1,6 +1,6 @@
 """Localisation metrics: saliency maps scored against segmentation masks / boxes.
 
-Conventions (project spec "Metrics"; REFERENCE.md seed 001, Arun et al.):
+Conventions (Arun et al., Radiology: AI 2021; docs/methods.md, "Localisation and faithfulness metrics"):
 
 * ``saliency``: ``H×W`` or ``N×H×W`` map(s), resized to the mask grid first when the grids differ (bilinear,
   see :func:`audit.metrics._batch.resize_maps`). The maps are scored *as given*: Arun et al. make maps

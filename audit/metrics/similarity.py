@@ -1,7 +1,8 @@
 """Map-to-map similarity: SSIM, Spearman rank correlation, top-k overlap.
 
 Used by the randomisation sanity checks and the repeatability / reproducibility checks (Arun et al.,
-Radiology: AI 2021; REFERENCE.md seed 001). Both arguments are saliency maps of the **same** grid (no
+Radiology: AI 2021; docs/methods.md, "Sanity checks").
+Both arguments are saliency maps of the **same** grid (no
 resizing: comparing maps from two models or two stages of randomisation); ``H×W`` pairs give a ``float``,
 ``N×H×W`` batches an ``np.ndarray[N]`` (a single ``H×W`` second argument is broadcast).
 """

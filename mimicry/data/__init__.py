@@ -1,7 +1,7 @@
 """Dataset readers: MIMIC-CXR eye-gaze (EGD) and its phantoms, SIIM-ACR RLE masks, RSNA pneumonia boxes.
 
 One code path reads the real MIMIC-CXR-EGD layout and the project's synthetic phantom datasets written in the
-same layout (DESIGN.md, "Data: the phantom benchmark"; REFERENCE.md, "Dataset formats"). The phantom
+same layout (docs/methods.md, "The phantom benchmark" and "Dataset formats"). The phantom
 generator lives in :mod:`mimicry.data.phantom` and is not imported here.
 """
 

@@ -1,6 +1,6 @@
 """MIMIC-CXR eye-gaze dataset (EGD) reader: one code path for the real dataset and for phantoms.
 
-Layout (REFERENCE.md "Dataset formats"; PhysioNet ``egd-cxr`` 1.0.0; the phantom contract in DESIGN.md)::
+Layout (docs/methods.md, "Dataset formats"; PhysioNet ``egd-cxr`` 1.0.0; the phantom writes the same)::
 
     ROOT/master_sheet.csv        one row per image: ids, path, demographics, one-hot Normal/CHF/pneumonia, ...
     ROOT/fixations.csv           one row per fixation: DICOM_ID, X_ORIGINAL, Y_ORIGINAL (px, -1 = off image),

@@ -1,6 +1,6 @@
 """Static eye-gaze (EGD) heatmaps and binary fixation maps from fixation coordinates.
 
-Spec (REFERENCE.md, "Dataset formats", MIMIC-CXR-EGD; Karargyris et al., *Scientific Data* 2021): the static
+Spec (docs/methods.md, "Dataset formats"; Karargyris et al., *Scientific Data* 2021): the static
 heatmap is the count of fixations per pixel at the DICOM's full (native) resolution, blurred with a Gaussian
 of sigma = 150 px, and here normalised to sum 1 so it is a density. The dataset's own ``heatmap.png`` files
 are viridis-coloured pictures, not densities, so we regenerate the map from ``fixations.csv``.

@@ -5,7 +5,8 @@ Every dataset reader in :mod:`mimicry.data` raises the errors defined here, so c
 never a patient, study or DICOM identifier (those are PHI-adjacent); the full path, when relevant, is kept
 on the exception's ``path`` attribute for programmatic use.
 
-Box convention (REFERENCE.md, Arun et al.: "boxes are rasterised inclusive"): a box whose inclusive pixel
+Box convention (Arun et al.; docs/methods.md, "Localisation and faithfulness metrics": boxes are
+rasterised inclusively): a box whose inclusive pixel
 extent is columns ``x1..x2`` and rows ``y1..y2`` covers the continuous region ``[x1, x2 + 1) x [y1, y2 + 1)``
 of the source image, where pixel ``c`` occupies ``[c, c + 1)``. Rasterising onto a target grid of another
 size scales that region by ``target / source`` along each axis and switches on every target pixel whose

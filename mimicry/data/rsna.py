@@ -1,6 +1,7 @@
 """RSNA pneumonia ``stage_2_train_labels.csv``: boxes per image and their inclusive rasterisation.
 
-Format (REFERENCE.md, "Dataset formats"): columns ``patientId, x, y, width, height, Target``; ``x, y`` is the
+Format (docs/methods.md, "Dataset formats"):
+columns ``patientId, x, y, width, height, Target``; ``x, y`` is the
 top-left pixel of a box on the 1024 x 1024 image; one row per box, so an image may have several rows; an
 image without opacity has a single row with empty ``x..height`` and ``Target`` 0. (``patientId`` is really an
 image id; the phantoms write the DICOM id there.)

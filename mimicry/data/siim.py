@@ -1,6 +1,6 @@
 """SIIM-ACR pneumothorax ``train-rle.csv``: relative run-length decoding and encoding.
 
-Format (REFERENCE.md, "Dataset formats"; SIIM-ACR Kaggle ``mask_functions.py``): the CSV has columns
+Format (docs/methods.md, "Dataset formats"; SIIM-ACR Kaggle ``mask_functions.py``): the CSV has columns
 ``ImageId`` and `` EncodedPixels`` (the real header has a leading space, ``ImageId, EncodedPixels``). An
 encoding is whitespace-separated integers ``start_1 len_1 start_2 len_2 ...`` over the image flattened in
 **column-major** order (flat index ``col * H + row``), with *relative* starts::

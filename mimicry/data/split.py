@@ -1,4 +1,5 @@
-"""Patient-level train/test split (REFERENCE.md: MIMIC-CXR-EGD is split by ``patient_id``).
+"""Patient-level train/test split (MIMIC-CXR-EGD is split by ``patient_id``;
+docs/methods.md, "Dataset formats").
 
 Watson et al. (WACV 2023) use an 80/20 split; all images of one patient must land on the same side, or a
 model can be scored on a patient it has already seen (several EGD patients have more than one study).

@@ -1,7 +1,7 @@
 """Classifiers: the :class:`CamClassifier` contract and its implementations.
 
 Every architecture ends in global-average-pool → linear on a named feature layer (``cam_layer``) so that
-Grad-CAM is exact as a forward op and exported inside the ONNX graph (DESIGN.md, "Why a twin").
+Grad-CAM is exact as a forward op and exported inside the ONNX graph (docs/architecture.md, "Why a twin").
 
 Importing this package registers every built-in architecture in :mod:`mimicry.models.zoo`: ``toy``,
 ``toy_left_right``, ``unet``, ``unet_tiny``, ``unet_egd``, ``unet_egd_tiny`` (:mod:`mimicry.models.unet`),

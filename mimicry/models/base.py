@@ -1,4 +1,5 @@
-"""The model contract every mimicry classifier satisfies (DESIGN.md, "Why a twin"; "Saliency").
+"""The model contract every mimicry classifier satisfies (docs/architecture.md, "Why a twin";
+docs/methods.md, "Saliency methods").
 
 A :class:`CamClassifier` takes one-channel images ``x[N, 1, H, W]`` and is, by construction,
 

@@ -1,8 +1,8 @@
 """DenseNet classifiers (MONAI ``DenseNet``, one input channel, GAP → linear head).
 
 DenseNet-121 (Huang et al., CVPR 2017) is the reproducibility architecture of the saliency audit: Arun et al.
-(seed 001) compare maps of two architectures trained on the same data (REFERENCE.md, "Saliency
-trustworthiness": reproducibility), and CheXplain-IBA (seed 004) explains DenseNet-121. Unlike the
+(Radiology: AI 2021) compare maps of two architectures trained on the same data (docs/methods.md, "Sanity
+checks": reproducibility), and CheXplain-IBA (Khakzar et al., MICCAI 2021) explains DenseNet-121. Unlike the
 EfficientNet UNet it is a ReLU network, so guided backprop is meaningful on it.
 
 Built from MONAI's ``DenseNet`` (pure torch; no torchvision here, no pretrained download) with every

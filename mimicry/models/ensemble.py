@@ -1,9 +1,9 @@
-"""Ensembles of classifiers: mean of sub-model probabilities, mean of sub-model Grad-CAMs (seed 000).
+"""Ensembles of classifiers: mean of sub-model probabilities, mean of sub-model Grad-CAMs (Watson 2023).
 
 Watson et al. (WACV 2023, Eq. 1): the ensemble ``M`` of ``S`` sub-models ``m_1 … m_S`` (one architecture,
 different seeds / data orders) outputs the mean of the sub-models' outputs, here their softmax probabilities,
 ``p_M(x) = (1/S) Σ_i softmax(m_i(x))``; its explanation is the mean of the sub-models' Grad-CAM maps
-``E_M(x) = (1/S) Σ_i E_i(x)`` (REFERENCE.md, "Explanation ensemble"). The same module serves the paper's
+``E_M(x) = (1/S) Σ_i E_i(x)`` (docs/methods.md, "Explanation ensemble"). The same module serves the paper's
 *normal* ensemble (independently trained members) and the *explanation* ensemble (members trained with the
 adversarial discriminator term; the trainer owns that loss).
 

@@ -1,12 +1,12 @@
 """UNet classifiers with an EfficientNet encoder: the paper's ``unet`` and the "Improved UNet" ``unet_egd``.
 
-Seed 000 (Watson et al., WACV 2023, §4) trains a UNet whose encoder is EfficientNet-b0 and whose encoder
+Watson et al. (WACV 2023, §4) train a UNet whose encoder is EfficientNet-b0 and whose encoder
 *bottleneck* feeds a classification head; its baselines add the "Improved UNet" of Karargyris et al. (2021),
 whose decoder also reconstructs the static eye-gaze (EGD) heatmap under the multi-task loss
-``γ·BCE(cls) + (1−γ)·BCE-or-Dice(heatmap)`` (REFERENCE.md, "Explanation ensemble"). Seed 002 (Viviano et
-al.) needs the same UNet for its mask-guided regularisers: ActDiff compares the *pre-activation* output of
+``γ·BCE(cls) + (1−γ)·BCE-or-Dice(heatmap)`` (docs/methods.md, "Explanation ensemble"). Viviano et al. (ICLR
+2021) need the same UNet for its mask-guided regularisers: ActDiff compares the *pre-activation* output of
 the encoder's last stage between ``x`` and ``x_masked`` (Eq. 1), GradMask differentiates an input gradient
-(``create_graph=True``), and reconstruct-masked trains the decoder (REFERENCE.md, "Mask-guided training").
+(``create_graph=True``), and reconstruct-masked trains the decoder (docs/methods.md, "Mask-guided training").
 
 Architecture (no torchvision / timm here; everything is MONAI, no pretrained download):
 

@@ -2,7 +2,8 @@
 
 The model card stores ``architecture`` and ``arch_kwargs``; the registry rebuilds the torch twin with
 ``build_model(card.architecture, **card.arch_kwargs)`` and loads its ``weights.safetensors`` with
-``strict=True`` (DESIGN.md, "The registry", "Why a twin"). Every architecture that can be published must
+``strict=True`` (docs/architecture.md, "The registry", "Why a twin").
+Every architecture that can be published must
 therefore be registered here under a stable name, with JSON-serialisable constructor arguments::
 
     @register_architecture("unet")

@@ -1,6 +1,6 @@
 """Model registry: ONNX export with in-graph Grad-CAM, safetensors twin, model card, Triton layout.
 
-DESIGN.md, "The registry" and "Why a twin". Public API::
+docs/architecture.md, "The registry" and "Why a twin". Public API::
 
     from mimicry.registry import Registry, ModelRef, ModelCard
 

@@ -1,4 +1,4 @@
-"""The model card: ``registry/<name>/<version>/card.json`` (DESIGN.md, "The registry").
+"""The model card: ``registry/<name>/<version>/card.json`` (docs/architecture.md, "The registry").
 
 One pydantic model, :class:`ModelCard`, holds everything a consumer of a published version needs: what it
 is (architecture + kwargs, ``cam_layer``, class names in output order), how to feed it (the
@@ -108,8 +108,11 @@ class ParityReport(_Strict):
 
 
 class UncertaintySpec(_Strict):
-    """When the model should say "I don't know" (seed 003): abstain when the predictive entropy
-    ``H(p) = −Σ_c p_c ln p_c`` (nats) of the softmax output exceeds ``abstain_threshold``."""
+    """When the model should say "I don't know" (docs/methods.md, "Out-of-distribution and abstain flags").
+
+    Abstain when the predictive entropy ``H(p) = −Σ_c p_c ln p_c`` (nats) of the softmax output exceeds
+    ``abstain_threshold``.
+    """
 
     measure: Literal["predictive_entropy"] = "predictive_entropy"
     abstain_threshold: float = Field(ge=0.0)
@@ -142,7 +145,7 @@ class CodeVersion(_Strict):
 
 
 class ModelCard(_Strict):
-    """Everything DESIGN.md ("The registry") lists for a published version; serialised as ``card.json``."""
+    """Everything a published version records (docs/architecture.md, "The registry"); ``card.json``."""
 
     schema_version: Literal[1] = CARD_SCHEMA_VERSION
     name: str = Field(pattern=_MODEL_NAME)

@@ -1,7 +1,7 @@
 """Typed refusals of the model registry and the ONNX exporter.
 
 Messages carry model names, version numbers, artifact file names and numbers only — never image content,
-patient data or file contents (DESIGN.md, "Data flow"; project rule: no PHI in logs or errors).
+patient data or file contents (CONTRIBUTING.md, "Safety": no PHI in logs or errors).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The graph computes ``forward_with_cam``: input ``image`` float32 ``[N, 1, H, W]`` (dynamic ``N``), outputs
 ``logits [N, K]``, ``probs [N, K]`` (softmax) and ``cam [N, K, h, w]`` — Grad-CAM of every class at the
-feature-map grid, exact as a forward op for a GAP → linear head (DESIGN.md, "Why a twin"; Selvaraju et al.,
+feature-map grid, exact as a forward op for a GAP → linear head (docs/architecture.md, "Why a twin";
+Selvaraju et al.,
 ICCV 2017, Eq. 1–2). Export fails loudly (:class:`~mimicry.registry.errors.ExportParityError`) unless, on the
 caller's held batch and on batch sizes 1 and > 1 (so the dynamic axis really works):
 

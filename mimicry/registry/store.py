@@ -1,4 +1,4 @@
-"""The model registry: a directory that *is* a Triton model repository (DESIGN.md, "The registry").
+"""The model registry: a directory that *is* a Triton model repository (docs/architecture.md, "The registry").
 
 Layout (``tritonserver --model-repository=ROOT`` serves it unchanged)::
 

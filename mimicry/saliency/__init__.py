@@ -1,4 +1,4 @@
-"""Saliency methods of mimicry: one registry, one signature (DESIGN.md, "Saliency").
+"""Saliency methods of mimicry: one registry, one signature (docs/methods.md, "Saliency methods").
 
 ``explain(model, x, target, method, **params) -> float32[N, H, W]`` in ``[0, 1]`` at input resolution, with
 the shared post-processing of Arun et al. (:class:`PostProcess`); :func:`explain_raw` returns the raw

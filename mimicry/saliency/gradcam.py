@@ -11,8 +11,8 @@ layer (the model's ``cam_layer``), Eq. 1: ``α_k^c = (1 / (h·w)) Σ_ij ∂y^c /
 * :meth:`CamClassifier.forward_with_cam <mimicry.models.base.CamClassifier.forward_with_cam>` — the
   in-graph Grad-CAM exported to ONNX: for a GAP → linear head ``α_k^c = W_ck / (h·w)`` exactly.
 * :func:`differentiable_gradcam` — Eq. 1–2 computed with ``torch.autograd.grad(score, A,
-  create_graph=True)`` so a loss on the maps trains the model (explanation ensemble, seed 000 / Watson et
-  al. 2023: the adversarial term must reach the sub-models).
+  create_graph=True)`` so a loss on the maps trains the model (explanation ensemble, Watson et al. 2023;
+  docs/methods.md, "Explanation ensemble": the adversarial term must reach the sub-models).
 """
 
 from __future__ import annotations

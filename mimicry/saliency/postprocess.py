@@ -1,6 +1,6 @@
 """Shared, explicit post-processing of raw attributions into saliency maps.
 
-Arun et al. (seed 001, "Assessing the trustworthiness of saliency maps…", Radiology: AI 2021), Methods:
+Arun et al. ("Assessing the trustworthiness of saliency maps…", Radiology: AI 2021), Methods:
 every map is made non-negative (absolute value), summed over the colour channels, clipped at its 99th
 percentile and min-max scaled to [0, 1] before it is scored (AUPRC, SSIM). :class:`PostProcess` performs
 exactly these steps, per sample, and makes each one configurable so that a caller can, for instance, keep

@@ -1,4 +1,4 @@
-"""End-to-end test of the local stack (issue 7, "Local stack (no Docker)"): ``stack up`` on free ports with a
+"""End-to-end test of the local stack (docs/deploy.md, "Local stack"): ``stack up`` on free ports with a
 toy registry and a phantom reference store, one ``/v1/predict`` and one two-instance STOW-RS through the
 service and Triton, Prometheus'
 query API sees every target up and the service, Triton and audit series, ``stack down`` leaves no process.

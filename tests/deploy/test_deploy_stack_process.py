@@ -1,4 +1,4 @@
-"""Unit tests of the local stack's process manager and configuration (issue 7, "Local stack (no Docker)").
+"""Unit tests of the local stack's process manager and configuration (docs/deploy.md, "Local stack").
 
 Harmless children only (``sleep`` under ``sh``): spawning in an own session, the state file, PID-reuse
 protection, stop order, SIGTERM → SIGKILL timeouts, descendants in other sessions, health waits, port blocks,

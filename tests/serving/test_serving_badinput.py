@@ -1,7 +1,7 @@
 """Bad-input sweep in-process with every modality accepted, so that pydicom's whole test corpus reaches the
 decoders (JPEG, JPEG-LS, JPEG 2000, RLE, deflate, big endian, colour, multi-frame, broken files): every
 answer is exactly what :func:`mimicry.dicom.read_dicom` decides, as an RFC 9457 problem, never a 5xx
-(issue 5, "Bad input and safety"). The real-server sweep with the default CR/DX allow-list is in
+(docs/serving.md, "Error codes"). The real-server sweep with the default CR/DX allow-list is in
 ``test_serving_server.py``."""
 
 from __future__ import annotations

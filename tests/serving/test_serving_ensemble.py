@@ -1,4 +1,4 @@
-"""Ensemble disagreement in every prediction (issue 5: "for ensembles the disagreement between sub-models").
+"""Ensemble disagreement in every prediction (docs/serving.md, "How sure a prediction is").
 
 A published 3-member ``Ensemble`` of ``unet_tiny`` (BatchNorm statistics warmed up in train mode, so the
 untrained members differ) is served in-process; the report's mutual information must equal the one computed

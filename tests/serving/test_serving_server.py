@@ -1,5 +1,5 @@
 """Level 3: ``bentoml serve`` as a subprocess on 127.0.0.1 with 2 workers, driven over HTTP and by
-``bentoml.SyncHTTPClient`` (issue 5, "Tests and evidence"; "Bad input and safety"; "Metrics").
+``bentoml.SyncHTTPClient`` (docs/serving.md: "Endpoints", "Error codes", "Metrics").
 
 One server per module (start-up costs seconds): started in its own process group by
 :func:`serving.launch.start_service` and stopped by that group's id in teardown.

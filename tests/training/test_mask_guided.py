@@ -1,4 +1,4 @@
-"""Mask-guided recipes of seed 002 (Viviano et al.): ActDiff, GradMask, reconstruct-masked.
+"""Mask-guided recipes of Viviano et al. (ICLR 2021): ActDiff, GradMask, reconstruct-masked.
 
 Each penalty is checked by hand on tiny tensors, against models whose dependence on the outside of the ROI
 is known (zero or not); samples without a mask contribute nothing; each recipe reduces its loss; the

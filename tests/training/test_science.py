@@ -138,7 +138,7 @@ def test_unknown_preset_is_a_usage_error(tmp_path: Path) -> None:
 def test_audit_run_on_the_benchmark_registry_reproduces_the_table(
     smoke: tuple[Path, Any], tmp_path: Path
 ) -> None:
-    """Issue 6's evidence in miniature: ``mimicry audit run`` (CLI, history DB) gives the table's numbers."""
+    """The audit reproduces the science table in miniature: ``mimicry audit run`` (CLI, history DB)."""
     import sqlite3
 
     from mimicry_cli.main import app as root_app

@@ -22,7 +22,7 @@ many independently shuffled batches a step receives: ensembles train each member
 
 Batches (:class:`training.data.Batch`) carry ``image``, ``label``, ``heatmap`` (model resolution, sum 1),
 ``roi_mask`` (lungs + mediastinum at model resolution), ``has_mask`` (per sample; ``data.masks_available``
-of the training cases) and ``has_heatmap`` — everything the mask-guided recipes of seed 002 (ActDiff,
+of the training cases) and ``has_heatmap`` — everything the mask-guided recipes of Viviano et al. (ActDiff,
 GradMask, reconstruct-masked) need.
 
 Discovery: every module in this package is imported by :func:`load_recipe_modules` (when a config is

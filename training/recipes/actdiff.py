@@ -1,9 +1,9 @@
-"""ActDiff (Viviano et al., "Saliency is a possible red herring...", seed 002, §3, Eq. 1).
+"""ActDiff (Viviano et al., "Saliency is a possible red herring...", ICLR 2021, §3, Eq. 1).
 
 ActDiff regularises the encoder to ignore whatever lies outside the region of interest (ROI): for every
 training image with a mask (``Batch.has_mask``; ``data.masks_available`` of the training cases) it builds
 ``x_masked`` by *randomly permuting the pixels outside the dilated ROI* — the intensity distribution is kept,
-the spatial information destroyed (REFERENCE.md, "Mask-guided training") — and penalises
+the spatial information destroyed (docs/methods.md, "Mask-guided training") — and penalises
 
     L_act = (1/n) Σ_l ‖o_l(x_masked) − o_l(x)‖₂                                            (Eq. 1)
 

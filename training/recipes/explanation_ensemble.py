@@ -18,8 +18,8 @@ ReLU) that guesses which sub-model produced an explanation. Per batch:
   back-propagating through the sub-models"), after the sub-models' step.
 
 β = 0.2 and α = 2 are the paper's values (``configs/explanation_ensemble-paper.yaml``: S = 10, Adam lr 1e-5,
-batch 4). Not copied from the released code (REFERENCE.md): it fed detached GradientSHAP maps to an MLP
-(no adversarial gradient at all) and applied NLLLoss to raw logits.
+batch 4). Not copied from the released code (docs/methods.md, "Explanation ensemble"): it fed detached
+GradientSHAP maps to an MLP (no adversarial gradient at all) and applied NLLLoss to raw logits.
 
 Logged terms: ``cls`` (Σ_i CE_i), ``adv`` (Σ_i CE(D(E_i), i)), ``disc_acc`` (D's accuracy on the current
 maps), and on update epochs ``disc_loss`` / ``disc_update_acc``; per epoch ``disc_updates`` (number of D

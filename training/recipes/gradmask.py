@@ -1,10 +1,10 @@
-"""GradMask (Simpson et al. 2019, as used by Viviano et al., seed 002, §3, Eq. 2).
+"""GradMask (Simpson et al. 2019, as used by Viviano et al., ICLR 2021, §3, Eq. 2).
 
 GradMask penalises the input-gradient saliency of the *class contrast* outside the region of interest:
 
     L = CE(m(x), y) + λ_grad · | ∂|ŷ1 − ŷ0| / ∂x · (1 − x_seg) |                             (Eq. 2)
 
-computed with ``create_graph=True`` so the penalty trains the model (REFERENCE.md, "Mask-guided training").
+computed with ``create_graph=True`` so the penalty trains the model (docs/methods.md, "Mask-guided training").
 Only the samples with a mask (``Batch.has_mask``) enter the penalty.
 
 Choices (documented, not in the paper):
@@ -19,7 +19,7 @@ Choices (documented, not in the paper):
   mean``, default), or the weighted **sum** ``Σ_p |g_p| w_p`` (``pixel_reduction: sum``: the released
   per-image scale, which for a pooling network is roughly resolution-independent); the penalty is the mean
   over the masked samples (never a batch-size-dependent sum). A sample with no outside pixel contributes 0.
-* **Norm.** Eq. 2's outer ``|·|₂`` is read as the element-wise absolute value of REFERENCE.md's formula
+* **Norm.** Eq. 2's outer ``|·|₂`` is read as the element-wise absolute value of the formula above
   (as the released code does), reduced as above.
 * **Coupling.** ``∂Σ_i|c_i|/∂x`` is taken once per batch; per-sample gradients are exact except for the
   coupling BatchNorm introduces between the samples of a batch in train mode (as in the released code).

@@ -1,4 +1,4 @@
-"""Reconstruct-masked (Viviano et al., seed 002, §3 "Reconstruction Loss").
+"""Reconstruct-masked (Viviano et al., ICLR 2021, §3 "Reconstruction Loss").
 
 An autoencoder / UNet ``x̂_masked = g(f(x))`` sees the *full* input and its decoder is trained to reconstruct
 the *masked* input, which indirectly keeps the encoder's features on the region of interest:

@@ -1,6 +1,6 @@
 """The "Improved UNet" of Karargyris et al. (2021): classify and reconstruct the static EGD heatmap.
 
-A baseline of Watson et al. (WACV 2023, §4, model 2) and REFERENCE.md, "Explanation ensemble": the loss is
+A baseline of Watson et al. (WACV 2023, §4, model 2; docs/methods.md, "Explanation ensemble"): the loss is
 ``γ·BCE(cls) + (1−γ)·BCE-or-Dice(heatmap)``. The architecture exposes ``forward_multitask(x) -> (logits[N, K],
 heatmap_logits[N, 1, H, W])`` (``unet_egd`` / ``unet_egd_tiny`` in :mod:`mimicry.models.unet`).
 

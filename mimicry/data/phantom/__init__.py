@@ -1,6 +1,6 @@
 """Phantom benchmark: synthetic chest films in exactly the MIMIC-CXR-EGD layout.
 
-Real EGD / SIIM / RSNA data are credentialed and cannot be downloaded here (DESIGN.md, "Data: the phantom
+Real EGD / SIIM / RSNA data are credentialed and cannot be downloaded here (docs/methods.md, "The phantom
 benchmark"), so this package writes synthetic DX films with anatomy and finding masks, simulated radiologist
 fixations, synthetic PHI and a planted shortcut (a burned-in site marker correlated with the label in the
 training split and reversed or decorrelated in the test split, plus weak nuisance cues).

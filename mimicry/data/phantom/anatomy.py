@@ -6,7 +6,7 @@ edge (-0.5) to its right edge (+0.5), ``v`` from the top (0) to the bottom (1) â
 here,
 so masks, bounding boxes and pixels always agree (brief: "same geometry objects").
 
-Radiological convention (brief; REFERENCE.md "bounding_boxes.csv"): the film is viewed as if facing the
+Radiological convention (docs/methods.md, "Dataset formats"): the film is viewed as if facing the
 patient, so the patient's LEFT lung is on the IMAGE's RIGHT (``u > 0``) and the heart lies mostly to the image
 right. EGD names are anatomical: ``"left lung"`` is the image-right lung.
 

@@ -1,6 +1,6 @@
 """Configuration, constants and errors of the phantom benchmark generator.
 
-Spec (DESIGN.md, "Data: the phantom benchmark"; project brief, "phantom generator"): three classes, three
+Spec (docs/methods.md, "The phantom benchmark"): three classes, three
 acquisition sites whose burned-in marker is the planted shortcut, three weak nuisance cues, a patient-level
 train/test split in which the shortcut is correlated with the label in *train* and reversed or decorrelated in
 *test*, a share of MONOCHROME1 films and a share of compressed transfer syntaxes.
@@ -96,7 +96,7 @@ class IncompleteDatasetError(PhantomError, FileNotFoundError):
 def heatmap_sigma_px(size: int) -> float:
     """Static-heatmap Gaussian sigma for a phantom of ``size`` px: ``150 * size / 3000``.
 
-    150 px is the EGD paper's sigma at MIMIC-CXR's ~3000 px native size (REFERENCE.md, "Dataset formats").
+    150 px is the EGD paper's sigma at MIMIC-CXR's ~3000 px native size (docs/methods.md, "Dataset formats").
     """
     return 150.0 * size / 3000.0
 

@@ -10,9 +10,9 @@ Determinism (brief, "Deterministic for a seed"): patient ``j`` draws from
 ``default_rng(SeedSequence(seed, spawn_key=(PATIENT_STREAM, j)))`` and case ``i`` from
 ``SeedSequence(seed, spawn_key=(CASE_STREAM, i))``; the pixels and the gaze of case ``i`` use their own
 streams (``RENDER_STREAM``, ``GAZE_STREAM``). A case therefore never depends on the order in which cases are
-generated. Patients own 1-3 consecutive cases (studies); the test split takes whole patients (split by
-``patient_id``, REFERENCE.md) in the order of a per-patient random key until ``round(test_fraction * n)``
-cases are reached, so it is the only part that depends on ``n``.
+generated. Patients own 1-3 consecutive cases (studies); the test split takes whole patients (split
+by ``patient_id``, as in MIMIC-CXR-EGD) in the order of a per-patient random key until
+``round(test_fraction * n)`` cases are reached, so it is the only part that depends on ``n``.
 
 Rates follow :mod:`mimicry.data.phantom.config`: ``shortcut_corr`` = P(site == canonical site of the label)
 and ``nuisance_<cue>_corr`` = P(cue present == (label == cue class)), per split.
