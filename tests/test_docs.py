@@ -25,8 +25,6 @@ PENDING: tuple[str, ...] = (
     "audit/blackbox.py",
     "audit/runner.py",
     "bench/bench_serving.py",
-    "docs/benchmarks.md",
-    "docs/results.md",
 )
 
 #: A citation nobody with only the repository can follow.
