@@ -32,7 +32,7 @@ from audit.checks import (
     replicate_consistency,
     subgroup_gaps,
 )
-from audit.errors import CheckInputError
+from audit.errors import AuditError, CheckInputError
 from audit.scoring import PER_CASE_CHECKS, AuditContext, Pairs
 from audit.sources import (
     MapSource,
@@ -68,8 +68,9 @@ def model_level(
 ) -> None:
     """The model-level checks ``source`` can run (appended to ``audit.results``)."""
     k = ctx.pairwise_cases
-    if source.capabilities.weights and k >= 2 and pairs.x:
-        assert isinstance(source, TwinSource)  # the weights are a torch twin's
+    if source.capabilities.weights and not isinstance(source, TwinSource):
+        raise AuditError(f"the weights of a {source.mode} source cannot be audited (only a torch twin's)")
+    if isinstance(source, TwinSource) and source.capabilities.weights and k >= 2 and pairs.x:
         _twin_checks(ctx, source, audit, pairs, failed)
     if "runtime_reproducibility" in ctx.checks and source.capabilities.runtime_parity:
         result = source.runtime_parity(ctx, pairs, k)

@@ -167,13 +167,18 @@ def test_a_source_gets_exactly_the_checks_its_capabilities_allow(ctx: tuple, occ
     assert white.n_cases == len(context.reference) >= 3
 
 
-def test_a_method_the_source_does_not_offer_fails_with_a_message(ctx: tuple) -> None:
+def test_an_undeclared_method_or_foreign_weights_fail_with_a_message(ctx: tuple) -> None:
     context, reg = ctx
     fake = MapsOnly(TwinSource(context, reg, reg.card("lr:1")), Capabilities(methods=frozenset({"saliency"})))
     audit = audit_source(context, fake)
     assert audit.errors == ["method gradcam: not offered by this source"]
     assert audit.result("gaze", "gradcam") is None
     assert not audit.passed
+    weights = MapsOnly(TwinSource(context, reg, reg.card("lr:1")), Capabilities(weights=True))
+    audit = audit_source(context, weights)  # weights are a torch twin's: a typed error, not a crash
+    assert audit.errors == [
+        "AuditError: the weights of a maps-only source cannot be audited (only a torch twin's)"
+    ]
 
 
 class TwinBehindHttp:
