@@ -33,6 +33,7 @@ from typing import Any
 from audit.checks.base import CheckResult
 from audit.errors import HistoryError
 from audit.policy import Verdict
+from audit.scores import CaseScores, Score
 
 __all__ = ["SCHEMA_VERSION", "History", "RunRecord"]
 
@@ -183,11 +184,11 @@ class History:
         model_sha256: str,
         config_sha256: str,
         method: str,
-        cases: Mapping[str, tuple[str, Sequence[tuple[str, str, float]]]],
+        cases: Mapping[str, CaseScores],
     ) -> None:
         """Store the per-case scores of several cases and mark them done, in one transaction.
 
-        ``cases``: ``case_key -> (class name, [(check, metric, value), ...])``.
+        ``cases``: ``case_key -> CaseScores(class name, [Score(check, metric, value), ...])``.
         """
         with self._tx() as c:
             for case, (cls, rows) in cases.items():
@@ -255,7 +256,7 @@ class History:
 
     def cached_cases(
         self, *, model_sha256: str, config_sha256: str, method: str
-    ) -> dict[str, tuple[str, list[tuple[str, str, float]]]]:
+    ) -> dict[str, CaseScores]:
         """Per-case scores already stored for (model, config, method), from any run (latest wins).
 
         Only cases marked done are returned, so a killed run's partial writes never show up.
@@ -269,12 +270,12 @@ class History:
         latest: dict[str, int] = {}
         for run_id, case, *_ in rows:
             latest[case] = run_id
-        out: dict[str, tuple[str, list[tuple[str, str, float]]]] = {}
+        out: dict[str, CaseScores] = {}
         for run_id, case, cls, chk, met, val in rows:
             if latest[case] != run_id:
                 continue
-            entry = out.setdefault(case, (cls, []))
-            entry[1].append((chk, met, float("nan") if val is None else float(val)))
+            entry = out.setdefault(case, CaseScores(cls, []))
+            entry.rows.append(Score(chk, met, float("nan") if val is None else float(val)))
         return out
 
     def runs(self, model: str | None = None, version: int | None = None) -> list[RunRecord]:

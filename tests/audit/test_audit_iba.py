@@ -117,14 +117,12 @@ def test_audit_run_scores_the_iba_methods(setup: dict[str, Path]) -> None:
 
 
 def test_cached_iba_scores_of_the_old_map_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
+    import audit.cache as cache
 
-    import audit.runner as runner
-
-    state = types.SimpleNamespace(policy=Policy(methods=["iba"]), checks=["gaze"], shuffled=None)
-    now = {m: runner._Audit.config_sha(state, m) for m in ("iba", "multilayer_iba", "gradcam")}  # type: ignore[arg-type]
-    monkeypatch.setattr(runner, "IBA_MAP_VERSION", 1)  # scores recorded before the readout fix
-    before = {m: runner._Audit.config_sha(state, m) for m in now}  # type: ignore[arg-type]
+    policy = Policy(methods=["iba"])
+    now = {m: cache.config_sha(policy, m, ["gaze"]) for m in ("iba", "multilayer_iba", "gradcam")}
+    monkeypatch.setattr(cache, "IBA_MAP_VERSION", 1)  # scores recorded before the readout fix
+    before = {m: cache.config_sha(policy, m, ["gaze"]) for m in now}
     assert before["iba"] != now["iba"]
     assert before["multilayer_iba"] != now["multilayer_iba"]
     assert before["gradcam"] == now["gradcam"]  # other methods keep their cache
