@@ -1,4 +1,4 @@
-"""Black-box audit: an HTTP client of a running mimicry service (issue 6, "Black-box mode").
+"""Black-box audit: an HTTP client of a running mimicry service (docs/audit.md, "Black-box mode").
 
 With ``mimicry audit run --endpoint URL`` the reference DICOMs are sent to the service's ``POST /v1/explain``
 and the returned maps are scored exactly like the white-box ones (no model weights needed); ``audit watch
