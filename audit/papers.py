@@ -175,8 +175,9 @@ AUDIT_PRESETS: dict[str, AuditPreset] = {
             "multilayer_iba": {"steps": 2},
         },
     ),
-    # One idle core: measured per-case costs at 64² (docs/results.md) put XRAI and the IBAs at ~0.5 s per
-    # map, everything else under 0.1 s; the full test split, 16 pairwise cases.
+    # One core: at 64² XRAI ("fast", 50 steps) and IBA cost about 0.5 s of CPU per map, multi-layer IBA three
+    # times that, the others under 0.1 s (smooth IG 0.3 s); the full test split, 16 pairwise cases. Audit CPU
+    # time: 312 s for Arun et al.'s table, 60 s for Khakzar et al.'s (docs/results.md).
     "quick": AuditPreset(
         max_cases=None,
         pairwise_cases=16,

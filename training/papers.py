@@ -56,7 +56,8 @@ class TrainPreset:
 TRAIN_PRESETS: dict[str, TrainPreset] = {
     # The test suite's end-to-end check: seconds.
     "smoke": TrainPreset(n=24, phantom_size=64, model_size=32, epochs=1, batch_size=8, lr=3e-3),
-    # One idle core, minutes: 400 cases at 128², 64² inputs (see docs/results.md for the measured times).
+    # One core: 400 cases at 128², 64² inputs; training the three models of Arun et al.'s table took about
+    # 65 s of CPU (docs/results.md).
     "quick": TrainPreset(n=400, phantom_size=128, model_size=64, epochs=10, batch_size=16, lr=3e-3),
     # A GPU (or many cores): the phantom's default 600 cases at 256², 128² inputs.
     "gpu": TrainPreset(n=600, phantom_size=256, model_size=128, epochs=15, batch_size=32, lr=1e-3),
