@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from audit.papers import ARUN_CRITERIA, ARUN_METHODS, KHAKZAR_METHODS, KHAKZAR_METRICS
 from audit.policy import BaselineRef, load_policy
-from mimicry.commands.bench import app
+from mimicry_cli.commands.bench import app
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
