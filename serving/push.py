@@ -364,5 +364,5 @@ def shared_queue(settings: PushSettings) -> PushQueue | None:
         if queue is None:
             queue = PushQueue.from_settings(settings)
             assert queue is not None
-            _shared[key] = queue.start()
-        return queue
+            _shared[key] = queue
+        return queue.start()
