@@ -132,14 +132,25 @@ def run_orthanc(
         log.close()
 
 
-def full_size(source: Dataset, rows: int = 3000, cols: int = 2500) -> Dataset:
+def full_size(source: Dataset, rows: int = 3000, cols: int = 2500, *, htj2k: bool = False) -> Dataset:
     """A copy of ``source``'s header on a ``rows x cols``, 12-bit image: a new instance of a new series of
-    the same study (a full-size radiograph, 15 MB of pixel data)."""
+    the same study (a full-size radiograph, 15 MB of pixel data; ``htj2k``: encoded HTJ2K lossless by
+    OpenJPH through imagecodecs)."""
     ds = copy.deepcopy(source)
     yy, xx = np.mgrid[0:rows, 0:cols]
     ds.Rows, ds.Columns = rows, cols
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelData = ((yy * 7 + xx * 3) % 4096).astype(np.uint16).tobytes()
+    pixels = ((yy * 7 + xx * 3) % 4096).astype(np.uint16)
+    if htj2k:
+        import imagecodecs
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import HTJ2KLossless
+
+        ds.PixelData = encapsulate([imagecodecs.htj2k_encode(pixels, reversible=True)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    else:
+        ds.PixelData = pixels.tobytes()
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -3,7 +3,8 @@
 multipart/related request), the service (real BentoML, :func:`serving.launch.start_service`) answers every
 instance and pushes the Structured Report and the saliency Segmentation of each back into Orthanc over
 STOW-RS; the test finds them, through Orthanc's REST API, in the source's study, referencing their sources,
-valid for dciodvfy. The study holds full-size radiographs (3000 x 2500, 12-bit, 15 MB each): the request
+valid for dciodvfy. The study holds full-size radiographs (3000 x 2500, 12-bit, 15 MB each; one stored as
+HTJ2K lossless): the request
 as a whole is over ``max_request_bytes`` while each instance is under it, so it passes only because the limit
 is per instance and the body is parsed as a stream (docs/serving.md, "PACS integration")."""
 
@@ -96,7 +97,7 @@ def test_orthanc_forwards_a_study_over_stow_and_gets_the_results_back(
         )
         try:
             small = pydicom.dcmread(phantom_files[0])
-            sources = [small] + [full_size(small) for _ in range(N_FULL)]
+            sources = [small] + [full_size(small) for _ in range(N_FULL - 1)] + [full_size(small, htj2k=True)]
             total = sum(len(to_part10(ds)) for ds in sources)
             assert total > MAX_INSTANCE  # the request as a whole is over the per-instance limit
             with orthanc.client() as http:
@@ -104,6 +105,9 @@ def test_orthanc_forwards_a_study_over_stow_and_gets_the_results_back(
                     r = http.post("/instances", content=to_part10(ds))
                     assert r.status_code == 200, r.text
                 study_id = r.json()["ParentStudy"]
+                # the last source is stored (and forwarded) as HTJ2K lossless
+                header = http.get(f"/instances/{r.json()['ID']}/header").json()
+                assert header["0002,0010"]["Value"].strip("\x00 ") == "1.2.840.10008.1.2.4.201"
                 r = http.post("/dicom-web/servers/mimicry/stow", json={"Resources": [study_id]})
                 assert r.status_code == 200, r.text + service.log_text()[-3000:]
                 # the results arrive asynchronously (the push spool): wait for 2 per source
