@@ -446,7 +446,7 @@ def test_servicemonitors_select_services_named_like_the_alert_jobs(overlay: str)
     docs = render(overlay)
     services = by_kind(docs, "Service")
     monitors = by_kind(docs, "ServiceMonitor")
-    expected = {"mimicry-serving", "mimicry-audit"} | (
+    expected = {"mimicry-serving", "mimicry-audit", "mimicry-dimse"} | (
         {"mimicry-triton"} if overlay in GPU_OVERLAYS else set()
     )
     assert set(monitors) == expected
