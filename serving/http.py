@@ -30,6 +30,7 @@ never request content.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.message
 import email.utils
@@ -452,10 +453,27 @@ def _choice(params: dict[str, str], key: str, default: str, allowed: tuple[str, 
     return value
 
 
+_results_limiter_of: list[tuple[Any, anyio.CapacityLimiter]] = []  # (event loop, its limiter): one entry
+
+
+def _results_limiter(size: int) -> anyio.CapacityLimiter:
+    """Threads building result objects in this worker's event loop (each holds a full-size saliency map and
+    the objects): at most ``dimse.max_concurrent`` at once, whatever the number of STOW-RS requests."""
+    loop = asyncio.get_running_loop()
+    if (
+        not _results_limiter_of
+        or _results_limiter_of[0][0] is not loop
+        or _results_limiter_of[0][1].total_tokens != size
+    ):
+        _results_limiter_of[:] = [(loop, anyio.CapacityLimiter(size))]
+    return _results_limiter_of[0][1]
+
+
 def _stow_results(rt: Runtime) -> tuple[dicomweb.AfterPredict | None, dict[str, str] | None]:
     """With a push destination (``push.kind`` not ``none``): the STOW-RS hook that builds every accepted
     instance's result objects (as the DICOM listener does: ``dimse.method``, ``dimse.segmentation_threshold``,
-    ``dimse.secondary_capture``) and spools them, and the answer's headers it keeps up to date."""
+    ``dimse.secondary_capture``; at most ``dimse.max_concurrent`` at once) and spools them, and the answer's
+    headers it keeps up to date."""
     settings = rt.settings
     queue = shared_queue(settings.push)
     if queue is None:
@@ -485,7 +503,10 @@ def _stow_results(rt: Runtime) -> tuple[dicomweb.AfterPredict | None, dict[str, 
         if queue.room() < n_objects:
             raise dicomweb.push_spool_full(settings.retry_after_s)
         try:
-            spooled = await anyio.to_thread.run_sync(build_and_spool, data, model, record, prepared, out)
+            limiter = _results_limiter(cfg.max_concurrent)
+            spooled = await anyio.to_thread.run_sync(
+                build_and_spool, data, model, record, prepared, out, limiter=limiter
+            )
         except QueueFull:
             raise dicomweb.push_spool_full(settings.retry_after_s) from None
         except ResultsError:
