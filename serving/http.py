@@ -711,12 +711,24 @@ def create_app() -> FastAPI:
         }
     }
     dicom_json = {"type": "object", "description": "DICOM JSON dataset (PS3.18 Annex F)."}
+    results_headers = {
+        "X-Mimicry-Results-Destination": {
+            "description": "With a push destination: its kind (`stow` or `dimse`), where every accepted "
+            "instance's result objects (SR, Segmentation) go.",
+            "schema": {"type": "string", "enum": ["stow", "dimse"]},
+        },
+        "X-Mimicry-Results-Spooled": {
+            "description": "With a push destination: result objects this request spooled for it.",
+            "schema": {"type": "integer"},
+        },
+    }
     stow_responses: dict[int | str, dict[str, Any]] = {
         **{
             code: {
                 "description": text + " DICOM JSON (PS3.18 §10.5.3); with `include=predictions`: "
                 "application/json `StowWithPredictions`.",
                 "content": {"application/dicom+json": {"schema": dicom_json}},
+                "headers": results_headers,
             }
             for code, text in (
                 (200, "Every instance accepted."),

@@ -1,7 +1,9 @@
 """Serving adapter of :mod:`mimicry.dicom.results`: one received DICOM → the AI result objects (Structured
 Report, saliency Segmentation, optionally the Secondary Capture overlay) that go back to the PACS.
 
-Used in-process by the DICOM listener (:mod:`serving.dimse`) and available to the HTTP layer: the settings
+Used in-process by the DICOM listener (:func:`analyse`, :mod:`serving.dimse`) and by STOW-RS after its batched
+prediction (:func:`results_of`, :mod:`serving.http`), and for ``/v1/explain?format=dicom`` (the policy and the
+algorithm): the settings
 give the UID policy (``uid_secret``, ``results_study``), the model gives the algorithm identification, the
 prediction record of :func:`serving.pipeline.prediction_record` gives the findings. docs/serving.md, "PACS
 integration", lists the objects.
