@@ -26,6 +26,14 @@ answer is then ``application/json`` :class:`serving.schemas.StowWithPredictions`
 above>, "predictions": [{"index", "status": "stored"|"failed", "prediction" | "problem"}]}`` (prediction as
 ``/v1/predict`` returns it, problem as RFC 9457), with the same status code. Nothing is stored: the service is
 stateless, "stored" means "accepted and predicted".
+
+**Results pushed back.** With a push destination configured (``push.kind`` ``stow`` or ``dimse``), every
+accepted instance also gets its AI result objects (:func:`serving.results.results_of`: the Structured Report
+and the saliency Segmentation, in the source's study by default) spooled to :mod:`serving.push`, which
+delivers them to the destination; an instance is "accepted" only once its results are spooled (the spool
+full: Failure Reason ``0xA700``; a source without the UIDs the results reference: ``0xA900``). The answer
+then carries ``X-Mimicry-Results-Destination`` (the destination kind) and ``X-Mimicry-Results-Spooled`` (how
+many objects this request spooled); the Retrieve URLs stay empty (the service keeps no copy to retrieve).
 """
 
 from __future__ import annotations
@@ -46,9 +54,11 @@ from serving import problems
 
 __all__ = [
     "STOW_MEDIA_TYPE",
+    "AfterPredict",
     "MultipartError",
     "StowParts",
     "failure_reason",
+    "push_spool_full",
     "stow_response",
 ]
 
@@ -182,7 +192,7 @@ class StowParts:
 
 def failure_reason(problem: problems.Problem) -> int:
     """PS3.18 Table I.2-2 Failure Reason (0008,1197) for a refused instance."""
-    if problem.status == 413:
+    if problem.status == 413 or problem.code == "push_spool_full":
         return OUT_OF_RESOURCES
     if problem.code == "unsupported_transfer_syntax":
         return TRANSFER_SYNTAX_NOT_SUPPORTED
@@ -224,6 +234,20 @@ def study_mismatch() -> problems.Problem:
 
 
 PredictOne = Callable[[Any, Any, bytes, dict[str, float]], Awaitable[tuple[dict[str, Any], Any, Any]]]
+#: Called after an instance was predicted (its bytes, model, record, prepared input, backend output): builds
+#: and spools its result objects; raising a Problem makes the instance a failed one.
+AfterPredict = Callable[[bytes, Any, dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def push_spool_full(retry_after_s: int) -> problems.Problem:
+    """The push spool is full: the instance fails with Out of Resources and the sender retries later."""
+    return problems.Problem(
+        503,
+        "push_spool_full",
+        "Results cannot be queued",
+        "The result push spool is full; retry later.",
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 async def stow_response(
@@ -234,6 +258,8 @@ async def stow_response(
     study: str | None = None,
     include_predictions: bool = False,
     model_ref: str | None = None,
+    after: AfterPredict | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     """Handle one STOW-RS request (see the module docstring).
 
@@ -258,7 +284,9 @@ async def stow_response(
             uids, part_study = _header_uids(part)
             if study is not None and part_study != study:
                 raise study_mismatch()
-            record, _, _ = await predict_one(runtime, model, part, {})
+            record, prepared, out = await predict_one(runtime, model, part, {})
+            if after is not None:
+                await after(part, model, record, prepared, out)
         except (DicomIngestError, problems.Problem) as exc:
             problem = problems.from_ingest_error(exc) if isinstance(exc, DicomIngestError) else exc
             runtime.metrics.input_rejected_total.labels(reason=problem.code).inc()
@@ -283,5 +311,5 @@ async def stow_response(
         out[_REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
     status = 200 if not failed else (202 if referenced else 409)
     if include_predictions:
-        return JSONResponse({"dicom": out, "predictions": predictions}, status_code=status)
-    return JSONResponse(out, status_code=status, media_type=STOW_MEDIA_TYPE)
+        return JSONResponse({"dicom": out, "predictions": predictions}, status_code=status, headers=headers)
+    return JSONResponse(out, status_code=status, media_type=STOW_MEDIA_TYPE, headers=headers)

@@ -30,9 +30,12 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -58,7 +61,7 @@ from serving.push import PushQueue, QueueFull
 from serving.results import analyse
 from serving.settings import ServeSettings, load_serve_settings
 
-__all__ = ["ACCEPTED_SOP_CLASSES", "TRANSFER_SYNTAXES", "DimseListener", "main", "serve_dimse"]
+__all__ = ["ACCEPTED_SOP_CLASSES", "TRANSFER_SYNTAXES", "DimseListener", "echo", "main", "serve_dimse"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,9 @@ TRANSFER_SYNTAXES = (
     JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
     RLELossless,
 )
 
@@ -226,11 +232,35 @@ def serve_dimse(settings: ServeSettings | None = None, *, block: bool = True) ->
     return listener
 
 
-def main() -> None:
-    """``python -m serving.dimse``: the listener with the settings from the environment."""
+def echo(settings: ServeSettings, *, host: str = "127.0.0.1", timeout_s: float = 5.0) -> bool:
+    """C-ECHO the listener of ``settings`` (its port and AE title) on ``host``: True when it answers
+    Success. The health check of a deployed listener (``python -m serving.dimse --echo``)."""
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    ae = AE(ae_title="MIMICRY-PROBE")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, settings.dimse.port, ae_title=settings.dimse.ae_title)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    return getattr(status, "Status", None) == SUCCESS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.dimse``: the listener with the settings from the environment;
+    ``python -m serving.dimse --echo``: exit 0 when the listener answers a C-ECHO, 1 otherwise."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--echo"]:
+        return 0 if echo(load_serve_settings()) else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_dimse(load_serve_settings(), block=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,9 +4,11 @@ Routes of :func:`create_app` (docs/serving.md has the full reference):
 
 * ``POST /v1/predict`` — one DICOM → :class:`~serving.schemas.Prediction`;
 * ``POST /v1/explain`` — one DICOM + ``method``/``target``/``format`` → saliency (json, png, overlay, or
-  dicom: a de-identified Secondary Capture of the overlay, :mod:`serving.secondary_capture`);
+  dicom: a Secondary Capture of the overlay placed by :func:`serving.results.results_policy`,
+  :mod:`serving.secondary_capture`);
 * ``GET /v1/models`` — the served models' cards and the saliency methods each can run;
-* ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` — STOW-RS (:mod:`serving.dicomweb`);
+* ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` — STOW-RS (:mod:`serving.dicomweb`); with
+  a push destination every accepted instance's result objects are spooled (:mod:`serving.push`);
 * ``GET /metrics`` — Prometheus text (:mod:`serving.metrics`);
 * any other path — a 404 problem (``not_found``).
 
@@ -28,6 +30,7 @@ never request content.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.message
 import email.utils
@@ -48,12 +51,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from mimicry.dicom import DicomIngestError
+from mimicry.dicom.results import ResultsError
 from mimicry.indicators import border_mass, map_entropy
 from mimicry.saliency import SaliencyError
-from serving import dicomweb, pipeline, problems, render
+from serving import dicomweb, pipeline, problems, render, results
 from serving.auth import token_matches
 from serving.backends.protocol import BackendError, BackendUnavailableError
 from serving.metrics import metrics_response
+from serving.push import QueueFull, shared_queue
 from serving.runtime import OverloadedError, Runtime, active_runtime
 from serving.schemas import Explanation, ModelList, Prediction, Readiness, StowWithPredictions
 from serving.secondary_capture import secondary_capture
@@ -448,6 +453,77 @@ def _choice(params: dict[str, str], key: str, default: str, allowed: tuple[str, 
     return value
 
 
+_results_limiter_of: list[tuple[Any, anyio.CapacityLimiter]] = []  # (event loop, its limiter): one entry
+
+
+def _results_limiter(size: int) -> anyio.CapacityLimiter:
+    """Threads building result objects in this worker's event loop (each holds a full-size saliency map and
+    the objects): at most ``dimse.max_concurrent`` at once, whatever the number of STOW-RS requests."""
+    loop = asyncio.get_running_loop()
+    if (
+        not _results_limiter_of
+        or _results_limiter_of[0][0] is not loop
+        or _results_limiter_of[0][1].total_tokens != size
+    ):
+        _results_limiter_of[:] = [(loop, anyio.CapacityLimiter(size))]
+    return _results_limiter_of[0][1]
+
+
+def _stow_results(rt: Runtime) -> tuple[dicomweb.AfterPredict | None, dict[str, str] | None]:
+    """With a push destination (``push.kind`` not ``none``): the STOW-RS hook that builds every accepted
+    instance's result objects (as the DICOM listener does: ``dimse.method``, ``dimse.segmentation_threshold``,
+    ``dimse.secondary_capture``; at most ``dimse.max_concurrent`` at once) and spools them, and the answer's
+    headers it keeps up to date."""
+    settings = rt.settings
+    queue = shared_queue(settings.push)
+    if queue is None:
+        return None, None
+    cfg = settings.dimse
+    n_objects = 3 if cfg.secondary_capture else 2
+    headers = {"X-Mimicry-Results-Destination": settings.push.kind, "X-Mimicry-Results-Spooled": "0"}
+
+    def build_and_spool(data: bytes, model: Any, record: Any, prepared: Any, out: Any) -> int:
+        objects = results.results_of(
+            data,
+            model,
+            settings,
+            record,
+            prepared,
+            out,
+            method=cfg.method,
+            threshold=cfg.segmentation_threshold,
+            secondary_capture=cfg.secondary_capture,
+        )
+        encoded = objects.part10()
+        del objects
+        queue.put(encoded)
+        return len(encoded)
+
+    async def after(data: bytes, model: Any, record: Any, prepared: Any, out: Any) -> None:
+        if queue.room() < n_objects:
+            raise dicomweb.push_spool_full(settings.retry_after_s)
+        try:
+            limiter = _results_limiter(cfg.max_concurrent)
+            spooled = await anyio.to_thread.run_sync(
+                build_and_spool, data, model, record, prepared, out, limiter=limiter
+            )
+        except QueueFull:
+            raise dicomweb.push_spool_full(settings.retry_after_s) from None
+        except ResultsError:
+            raise problems.Problem(
+                422,
+                "results_not_built",
+                "No result objects for this instance",
+                "The instance lacks a UID the result objects must reference.",
+            ) from None
+        except Exception as exc:  # the instance fails (0110), the request and the service go on
+            logger.error("result objects not built (%s)", type(exc).__name__)
+            raise problems.internal_error() from None
+        headers["X-Mimicry-Results-Spooled"] = str(int(headers["X-Mimicry-Results-Spooled"]) + spooled)
+
+    return after, headers
+
+
 def create_app() -> FastAPI:
     """The FastAPI app mounted at ``/`` into the BentoML service (the runtime is looked up per request with
     :func:`serving.runtime.active_runtime`)."""
@@ -491,7 +567,8 @@ def create_app() -> FastAPI:
         operation_id="mimicry__explain",
         summary="Explain one DICOM",
         description="A saliency map of `target` by `method` (default `gradcam` from the ONNX `cam` output) "
-        "as JSON, a PNG heatmap, an overlay, or a de-identified DICOM Secondary Capture.",
+        "as JSON, a PNG heatmap, an overlay, or a DICOM Secondary Capture (in the source's study by "
+        "default).",
         response_model=Explanation,
         response_model_exclude_unset=True,
         responses={
@@ -564,10 +641,13 @@ def create_app() -> FastAPI:
             description = (
                 f"{chosen} saliency of class {target_name} by {served.card.ref} (mimicry; research use)"
             )
-            salt = rt.settings.ingest.uid_salt.get_secret_value()
             rgb = render.overlay_rgb(prepared.image.pixels, smap)
+            policy = results.results_policy(rt.settings)  # the source's study by default, keyed UIDs
+            algorithm = results.algorithm_of(served, chosen)
             sc = await anyio.to_thread.run_sync(
-                lambda: secondary_capture(data, rgb, salt=salt, description=description)
+                lambda: secondary_capture(
+                    data, rgb, description=description, policy=policy, algorithm=algorithm, target=target_name
+                )
             )
             return Response(sc, media_type="application/dicom", headers=headers)
         if enc == "png16":
@@ -631,12 +711,24 @@ def create_app() -> FastAPI:
         }
     }
     dicom_json = {"type": "object", "description": "DICOM JSON dataset (PS3.18 Annex F)."}
+    results_headers = {
+        "X-Mimicry-Results-Destination": {
+            "description": "With a push destination: its kind (`stow` or `dimse`), where every accepted "
+            "instance's result objects (SR, Segmentation) go.",
+            "schema": {"type": "string", "enum": ["stow", "dimse"]},
+        },
+        "X-Mimicry-Results-Spooled": {
+            "description": "With a push destination: result objects this request spooled for it.",
+            "schema": {"type": "integer"},
+        },
+    }
     stow_responses: dict[int | str, dict[str, Any]] = {
         **{
             code: {
                 "description": text + " DICOM JSON (PS3.18 §10.5.3); with `include=predictions`: "
                 "application/json `StowWithPredictions`.",
                 "content": {"application/dicom+json": {"schema": dicom_json}},
+                "headers": results_headers,
             }
             for code, text in (
                 (200, "Every instance accepted."),
@@ -664,8 +756,15 @@ def create_app() -> FastAPI:
     async def stow(
         request: Request, rt: RuntimeDep, model: ModelQuery = None, include: Include = None
     ) -> Any:
+        after, headers = _stow_results(rt)
         return await dicomweb.stow_response(
-            rt, request, predict_one, include_predictions=include == "predictions", model_ref=model
+            rt,
+            request,
+            predict_one,
+            include_predictions=include == "predictions",
+            model_ref=model,
+            after=after,
+            headers=headers,
         )
 
     @app.post(
@@ -681,6 +780,7 @@ def create_app() -> FastAPI:
     async def stow_study(
         request: Request, study: str, rt: RuntimeDep, model: ModelQuery = None, include: Include = None
     ) -> Any:
+        after, headers = _stow_results(rt)
         return await dicomweb.stow_response(
             rt,
             request,
@@ -688,6 +788,8 @@ def create_app() -> FastAPI:
             study=study,
             include_predictions=include == "predictions",
             model_ref=model,
+            after=after,
+            headers=headers,
         )
 
     @app.get(

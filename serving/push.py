@@ -42,6 +42,7 @@ __all__ = [
     "QueueFull",
     "StowDestination",
     "build_destination",
+    "shared_queue",
 ]
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,14 @@ class PushQueue:
     # ------------------------------------------------------------------ sending
 
     def _send_one(self, path: Path) -> bool:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except FileNotFoundError:  # another process sharing the spool (an HTTP worker) delivered it
+            return True
+        except Exception as exc:  # not readable as DICOM: set aside, the queue keeps moving
+            logger.error("spooled object unreadable (%s); moved to *.bad", type(exc).__name__)
+            os.replace(path, path.with_suffix(".bad"))
+            return True
 
         def attempt() -> None:
             try:
@@ -337,3 +345,24 @@ class PushQueue:
                 return True
             time.sleep(0.05)
         return not self.pending()
+
+
+_shared: dict[Path, PushQueue] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_queue(settings: PushSettings) -> PushQueue | None:
+    """The push queue of this process for ``settings`` (created and started on first use; ``None`` for
+    ``kind: none``). The HTTP service's workers each hold one on the same spool directory: an object is
+    spooled by the worker that built it and delivered by whichever sender finds it first (result UIDs are
+    deterministic, so a rare double delivery replaces the object)."""
+    if settings.kind == "none":
+        return None
+    key = Path(settings.spool_dir).resolve()
+    with _shared_lock:
+        queue = _shared.get(key)
+        if queue is None:
+            queue = PushQueue.from_settings(settings)
+            assert queue is not None
+            _shared[key] = queue
+        return queue.start()

@@ -1,7 +1,9 @@
 """Serving adapter of :mod:`mimicry.dicom.results`: one received DICOM → the AI result objects (Structured
 Report, saliency Segmentation, optionally the Secondary Capture overlay) that go back to the PACS.
 
-Used in-process by the DICOM listener (:mod:`serving.dimse`) and available to the HTTP layer: the settings
+Used in-process by the DICOM listener (:func:`analyse`, :mod:`serving.dimse`) and by STOW-RS after its batched
+prediction (:func:`results_of`, :mod:`serving.http`), and for ``/v1/explain?format=dicom`` (the policy and the
+algorithm): the settings
 give the UID policy (``uid_secret``, ``results_study``), the model gives the algorithm identification, the
 prediction record of :func:`serving.pipeline.prediction_record` gives the findings. docs/serving.md, "PACS
 integration", lists the objects.
@@ -31,7 +33,15 @@ from serving import pipeline, render
 from serving.pipeline import ServedModel
 from serving.settings import ServeSettings
 
-__all__ = ["ResultObjects", "algorithm_of", "analyse", "findings_of", "legacy_policy", "results_policy"]
+__all__ = [
+    "ResultObjects",
+    "algorithm_of",
+    "analyse",
+    "findings_of",
+    "legacy_policy",
+    "results_of",
+    "results_policy",
+]
 
 logger = logging.getLogger(__name__)
 _warned = False
@@ -122,9 +132,42 @@ def analyse(
     if model.is_ensemble and settings.ensemble_disagreement and out.member_probs is None:
         out = out.with_members(model.member_probs(prepared.x))
     record = pipeline.prediction_record(model, out, prepared, settings)
+    return results_of(
+        data,
+        model,
+        settings,
+        record,
+        prepared,
+        out,
+        method=method,
+        threshold=threshold,
+        secondary_capture=secondary_capture,
+    )
+
+
+def results_of(
+    data: bytes,
+    model: ServedModel,
+    settings: ServeSettings,
+    record: dict[str, Any],
+    prepared: pipeline.PreparedInput,
+    out: Any,
+    *,
+    method: str = pipeline.DEFAULT_METHOD,
+    threshold: float = 0.5,
+    secondary_capture: bool = False,
+) -> ResultObjects:
+    """The result objects of a DICOM already predicted (``record``, ``prepared`` and the backend output
+    ``out`` of the same image): explain the predicted class and build the SR, the Segmentation and
+    optionally the Secondary Capture. What the HTTP paths call after their (batched) inference.
+
+    Raises:
+        mimicry.dicom.results.ResultsError: the source lacks a UID the results must reference.
+    """
     target = int(record["predicted_index"])
     smap = pipeline.explain_map(model, prepared, out, target, method)
     grid = pipeline.to_source_grid(smap, prepared.box)
+    del smap
     source = read_source(data)
     policy = results_policy(settings)
     algorithm = algorithm_of(model, method)

@@ -1,11 +1,11 @@
 """``/v1/explain?format=dicom``: the saliency overlay as a DICOM Secondary Capture that references its source.
 
 A thin adapter of :func:`mimicry.dicom.results.build_secondary_capture` (the object, its modules and its UID
-rules are documented there and in docs/serving.md, "PACS integration"). Called with ``salt`` only, it keeps
-the endpoint's historical placement: the de-identified copy of the source study keyed by that salt; with a
-``policy`` (:func:`serving.results.results_policy`: ``uid_secret`` + ``results_study``) the object joins the
-original study by default. Either way every UID is derived from the source's UIDs and the key, so all workers
-sharing the key produce the same study, series and instance.
+rules are documented there and in docs/serving.md, "PACS integration"). The endpoint passes the ``policy`` of
+:func:`serving.results.results_policy` (``uid_secret`` + ``results_study``: the source's study by default)
+and the served model as ``algorithm``; called with ``salt`` only, the object goes to the de-identified copy
+of the source study keyed by that salt. Either way every UID is derived from the source's UIDs and the key,
+so all workers sharing the key produce the same study, series and instance.
 """
 
 from __future__ import annotations

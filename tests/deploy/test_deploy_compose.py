@@ -20,7 +20,7 @@ import yaml
 from tests.deploy._support import DEPLOY, ROOT, dockerfile_stages, owned_directories, run, tool
 
 COMPOSE = DEPLOY / "compose.yaml"
-SERVICES = {"mimicry", "triton", "audit", "prometheus", "pushgateway", "grafana"}
+SERVICES = {"mimicry", "dimse", "triton", "audit", "prometheus", "pushgateway", "grafana"}
 #: The secrets compose takes from deploy/.env (placeholders here).
 SECRETS = {
     "MIMICRY_SERVE_API_TOKEN": "compose-test-token",
@@ -104,7 +104,8 @@ def test_services_images_ports_and_healthchecks() -> None:
     # One GPU shared by Triton and the service's torch twin (docs/deploy.md, "GPU sharing").
     assert devices["mimicry"] == devices["triton"] == ["0"]
     assert "deploy" not in services["audit"]
-    for name in ("mimicry", "audit"):
+    assert "deploy" not in services["dimse"]  # the listener runs ONNX Runtime on the CPU
+    for name in ("mimicry", "dimse", "audit"):
         svc = services[name]
         assert svc["user"] == "10001:10001"
         assert svc["read_only"] is True
@@ -192,3 +193,42 @@ def test_grafana_gets_the_provisioning_and_the_dashboard() -> None:
     assert (mounts["/etc/grafana/provisioning"] / "datasources" / "prometheus.yml").is_file()
     assert (mounts["/var/lib/grafana/dashboards"] / "mimicry.json").is_file()
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_dicom_listener_settings_cli_and_push_spool(monkeypatch) -> None:
+    """The listener service: its environment is valid serve settings naming the port its command line and
+    its health check use, its command-line options exist in `mimicry listen`, the UID secret comes from
+    .env, and it shares the push settings and the spool volume with the service (docs/serving.md, "PACS
+    integration")."""
+    from mimicry_cli.main import app
+    from serving.settings import ServeSettings
+
+    services = _compose()["services"]
+    dimse, serving = services["dimse"], services["mimicry"]
+    assert dimse["entrypoint"] == ["mimicry", "listen"]
+    listen = typer.main.get_command(app).commands["listen"]  # type: ignore[attr-defined]
+    options = {o for p in listen.params for o in p.opts}
+    args = dict(zip(dimse["command"][::2], dimse["command"][1::2], strict=True))
+    assert set(args) <= options
+    env = dimse["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = ServeSettings()
+    assert (settings.dimse.host, str(settings.dimse.port)) == (args["--host"], args["--port"])
+    assert (settings.backend, settings.device) == ("onnxruntime", "cpu")
+    assert settings.push.kind == "none"  # the shipped default: no push until .env names a destination
+    assert settings.uid_secret is not None
+    assert settings.uid_secret.get_secret_value() == SECRETS["MIMICRY_SERVE_UID_SECRET"]
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["dimse"]["environment"]
+    assert raw["MIMICRY_SERVE_UID_SECRET"] == "${MIMICRY_SERVE_UID_SECRET:?set MIMICRY_SERVE_UID_SECRET}"
+    assert dimse["healthcheck"]["test"] == ["CMD", "python", "-m", "serving.dimse", "--echo"]
+    published = {str(p).split(":")[-1].split("/")[0] for p in dimse["ports"]}
+    assert {str(settings.dimse.port), str(settings.dimse.metrics_port)} <= published
+    # one push configuration and one spool (a named volume) for the service and the listener
+    push = {k: v for k, v in env.items() if k.startswith("MIMICRY_SERVE_PUSH__")}
+    assert push == {k: v for k, v in serving["environment"].items() if k.startswith("MIMICRY_SERVE_PUSH__")}
+    spool = Path(push["MIMICRY_SERVE_PUSH__SPOOL_DIR"])
+    for svc in (dimse, serving):
+        volumes = {t: src for t, src in _mounts(svc).items() if not src.startswith("/")}
+        assert volumes.get(str(spool.parent)) == "push-spool"
+    assert "push-spool" in _compose()["volumes"]

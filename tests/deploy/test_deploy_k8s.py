@@ -224,7 +224,7 @@ def test_triton_has_two_replicas_a_pdb_and_scales_on_its_queue(overlay: str) -> 
 def test_cpu_overlay_runs_onnxruntime_without_triton_or_gpus() -> None:
     docs = render("cpu")
     deployments = by_kind(docs, "Deployment")
-    assert set(deployments) == {"mimicry-serving", "mimicry-audit"}
+    assert set(deployments) == {"mimicry-serving", "mimicry-audit", "mimicry-dimse"}
     assert "mimicry-triton" not in by_kind(docs, "Service")
     serving = _container(deployments["mimicry-serving"], "serving")
     env = _env(serving)
@@ -331,6 +331,66 @@ def test_serving_config_is_valid_and_overlay_env_selects_triton(tmp_path: Path, 
     assert (gpu.backend, gpu.device, gpu.triton_url) == ("triton", "cuda", "mimicry-triton:8000")
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_dicom_listener_deployment_service_and_push_spool(overlay: str, tmp_path: Path, monkeypatch) -> None:
+    """The listener (docs/serving.md, "PACS integration"): `mimicry listen` with the serving settings, its
+    DICOM port as serve.yaml names it (container, Service, NetworkPolicy), a C-ECHO readiness probe, the UID
+    secret of the service, and the push spool on the shared persistent volume where serve.yaml puts it, in
+    the listener and in every serving replica."""
+    from mimicry_cli.main import app
+    from serving.settings import ServeSettings
+
+    docs = render(overlay)
+    dep = by_kind(docs, "Deployment")["mimicry-dimse"]
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep, "dimse")
+    assert c["command"] == ["mimicry", "listen"]
+    assert "args" not in c  # the image's entrypoint arguments (bentoml serve ...) are not appended
+    assert "listen" in typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert c["readinessProbe"]["exec"]["command"] == ["python", "-m", "serving.dimse", "--echo"]
+    cm = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("mimicry-serving")
+    )
+    path = tmp_path / "serve.yaml"
+    path.write_text(cm["data"]["serve.yaml"])
+    env = _env(c)
+    monkeypatch.setenv("MIMICRY_SERVE_CONFIG", str(path))
+    for name, e in env.items():
+        if name.startswith("MIMICRY_SERVE_") and "value" in e and name != "MIMICRY_SERVE_CONFIG":
+            monkeypatch.setenv(name, e["value"])
+    settings = ServeSettings()
+    assert (settings.backend, settings.device) == ("onnxruntime", "cpu")
+    assert settings.dimse.host == "0.0.0.0"
+    assert settings.push.kind == "none"  # shipped default: no push until a destination is configured
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"dicom": settings.dimse.port, "metrics": settings.dimse.metrics_port}
+    assert env["MIMICRY_SERVE_UID_SECRET"]["valueFrom"] == {
+        "secretKeyRef": {"name": "mimicry-uid-secret", "key": "uid-secret", "optional": False}
+    }
+    svc = by_kind(docs, "Service")["mimicry-dimse"]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "dicom": (settings.dimse.port, "dicom"),
+        "metrics": (settings.dimse.metrics_port, "metrics"),
+    }
+    policy = by_kind(docs, "NetworkPolicy")["mimicry-dimse-ingress"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert sorted(p["port"] for r in policy["ingress"] for p in r["ports"]) == sorted(ports.values())
+    # the spool: one ReadWriteMany claim, mounted at push.spool_dir by the listener and the serving pods
+    pvc = by_kind(docs, "PersistentVolumeClaim")["mimicry-push-spool"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    serving = by_kind(docs, "Deployment")["mimicry-serving"]["spec"]["template"]["spec"]
+    for spec, name in ((pod, "dimse"), (serving, "serving")):
+        (container,) = [x for x in spec["containers"] if x["name"] == name]
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in spec["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert claims[mounts[str(settings.push.spool_dir)]] == "mimicry-push-spool", name
+
+
 def test_audit_policy_configmap_is_the_default_policy() -> None:
     from audit.policy import load_policy
 
@@ -386,7 +446,7 @@ def test_servicemonitors_select_services_named_like_the_alert_jobs(overlay: str)
     docs = render(overlay)
     services = by_kind(docs, "Service")
     monitors = by_kind(docs, "ServiceMonitor")
-    expected = {"mimicry-serving", "mimicry-audit"} | (
+    expected = {"mimicry-serving", "mimicry-audit", "mimicry-dimse"} | (
         {"mimicry-triton"} if overlay in GPU_OVERLAYS else set()
     )
     assert set(monitors) == expected

@@ -3,6 +3,7 @@ Orthanc started on 127.0.0.1 with its own directories and stopped by PID, and DI
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.path.exists("/usr/sbin/Orthanc") else None)
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -75,8 +78,13 @@ class Orthanc:
 
 
 @contextmanager
-def run_orthanc(root: Path, modalities: dict[str, list[Any]]) -> Iterator[Orthanc]:
-    """Orthanc on 127.0.0.1 (free ports, own storage/index, DICOMweb plugin), stopped by PID."""
+def run_orthanc(
+    root: Path, modalities: dict[str, list[Any]], *, dicomweb_servers: dict[str, Any] | None = None
+) -> Iterator[Orthanc]:
+    """Orthanc on 127.0.0.1 (free ports, own storage/index, DICOMweb plugin), stopped by PID.
+
+    ``dicomweb_servers``: the plugin's ``DicomWeb.Servers`` (remote DICOMweb services Orthanc can send a
+    study to with ``POST /dicom-web/servers/{name}/stow``)."""
     assert ORTHANC is not None, "Orthanc (Debian package orthanc) is missing: run scripts/system-deps.sh"
     http_port, dicom_port = free_port(), free_port()
     (root / "storage").mkdir(parents=True, exist_ok=True)
@@ -93,7 +101,7 @@ def run_orthanc(root: Path, modalities: dict[str, list[Any]]) -> Iterator[Orthan
         "DicomModalities": modalities,
         "DicomScuTimeout": 300,
         "Plugins": [DICOMWEB_PLUGIN] if os.path.exists(DICOMWEB_PLUGIN) else [],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": dicomweb_servers or {}},
         "HttpTimeout": 300,
     }
     cfg = root / "orthanc.json"
@@ -122,3 +130,28 @@ def run_orthanc(root: Path, modalities: dict[str, list[Any]]) -> Iterator[Orthan
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         log.close()
+
+
+def full_size(source: Dataset, rows: int = 3000, cols: int = 2500, *, htj2k: bool = False) -> Dataset:
+    """A copy of ``source``'s header on a ``rows x cols``, 12-bit image: a new instance of a new series of
+    the same study (a full-size radiograph, 15 MB of pixel data; ``htj2k``: encoded HTJ2K lossless by
+    OpenJPH through imagecodecs)."""
+    ds = copy.deepcopy(source)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    pixels = ((yy * 7 + xx * 3) % 4096).astype(np.uint16)
+    if htj2k:
+        import imagecodecs
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import HTJ2KLossless
+
+        ds.PixelData = encapsulate([imagecodecs.htj2k_encode(pixels, reversible=True)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    else:
+        ds.PixelData = pixels.tobytes()
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds

@@ -22,14 +22,15 @@ from pydicom.uid import (
     ComprehensiveSRStorage,
     CTImageStorage,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     SegmentationStorage,
     generate_uid,
 )
 from pynetdicom import AE
 
 from mimicry.dicom.results import to_part10
-from serving.dimse import DimseListener, serve_dimse
-from serving.settings import ServeSettings
+from serving.dimse import DimseListener, echo, serve_dimse
+from serving.settings import DimseSettings, ServeSettings
 from tests.serving.pacs_helpers import free_port, run_orthanc
 
 SECRET = "test-uid-secret"
@@ -75,6 +76,7 @@ def test_echo_store_and_refusals_with_pynetdicom(listener_no_push: DimseListener
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", ExplicitVRLittleEndian)  # DX for presentation
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", HTJ2KLossless)  # CR in HTJ2K (the reader decodes)
     assoc = ae.associate("127.0.0.1", port, ae_title="MIMICRY")
     assert assoc.is_established
     try:
@@ -82,6 +84,8 @@ def test_echo_store_and_refusals_with_pynetdicom(listener_no_push: DimseListener
         rejected = {c.abstract_syntax for c in assoc.rejected_contexts}
         assert CTImageStorage in rejected  # other SOP classes are refused at negotiation
         assert "1.2.840.10008.5.1.4.1.1.1.1" in accepted
+        htj2k = [c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.1"]
+        assert [c.transfer_syntax[0] for c in htj2k] == [HTJ2KLossless]
         assert assoc.send_c_echo().Status == 0x0000
         assert assoc.send_c_store(pydicom.dcmread(phantom_files[0])).Status == 0x0000
         broken = pydicom.dcmread(phantom_files[1])
@@ -92,6 +96,9 @@ def test_echo_store_and_refusals_with_pynetdicom(listener_no_push: DimseListener
         assert assoc.send_c_store(pydicom.dcmread(phantom_files[2])).Status == 0x0000
     finally:
         assoc.release()
+    # the container health check: a C-ECHO of the listener as its settings name it
+    assert echo(listener_no_push.settings)
+    assert not echo(listener_no_push.settings.model_copy(update={"dimse": DimseSettings(port=free_port())}))
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu/echoscu) not installed")
