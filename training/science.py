@@ -12,8 +12,9 @@ registry (one replicate group per recipe: runs differ only in their seed), and w
   "marker absent" option, so this is the test split of a second phantom generated with the same seed and
   ``test_shortcut="decorrelated"`` (site drawn uniformly: agreement 1/3, nuisance cues at 0.5);
 * ``kld`` / ``nss`` / ``auprc`` / ``marker_mass`` / ``consistency`` — the explanation columns, scored
-  from the *published* versions by the audit itself (:func:`score_explanations` runs
-  :func:`audit.runner.run_audit` with the default policy, Grad-CAM only), so ``mimicry audit run`` on the
+  from the *published* versions by the audit itself (the composition root passes
+  :func:`audit.science.score_explanations`, which runs :func:`audit.runner.run_audit` with the default policy,
+  Grad-CAM only), so ``mimicry audit run`` on the
   benchmark's registry reproduces them: Grad-CAM of the labelled class (ensembles: the mean of the members'
   maps) with the policy's post-processing, un-letterboxed to the image's native resolution and compared with
   the static EGD heatmap (KLD) and the fixation map (NSS) (MIT-benchmark conventions,
@@ -32,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,13 +45,13 @@ import torch
 __all__ = [
     "PRESETS",
     "RECIPES",
-    "SCORED_CHECKS",
     "BenchPreset",
+    "ExplanationScorer",
+    "PairedPValue",
     "ScienceError",
     "render_markdown",
     "run_config",
     "run_science",
-    "score_explanations",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,64 +152,15 @@ def _generate(out: Path, preset: BenchPreset, test_shortcut: str) -> Path:
     return root
 
 
-SCORED_CHECKS: tuple[str, ...] = ("gaze", "localisation", "shortcut", "consistency")
-"""Audit checks the explanation columns come from (:func:`score_explanations`)."""
+#: How the explanation columns are scored (:func:`run_science`'s ``score_explanations``): ``(registry, refs,
+#: reference, jobs=...) -> ref -> {"means": {kld, nss, auprc, marker_mass}, "per_case": {kld, nss},
+#: "consistency", "n_with_finding"}``. The composition root passes :func:`audit.science.score_explanations`,
+#: which runs the audit itself, so training never imports the audit.
+ExplanationScorer = Callable[..., dict[str, dict[str, Any]]]
 
-
-def score_explanations(
-    registry: str | Path, refs: Sequence[str], reference: str | Path, *, jobs: int = 1
-) -> dict[str, dict[str, Any]]:
-    """Score the Grad-CAM of published versions ``refs`` exactly as ``mimicry audit run`` does.
-
-    Runs :func:`audit.runner.run_audit` with the default policy (target = the labelled class, the
-    policy's post-processing, scores at the image's native resolution after un-letterboxing) and the checks
-    :data:`SCORED_CHECKS` on the ``test`` split of ``reference``, without a history database. So
-    ``mimicry audit run --registry REG --model science-<recipe>:<v> --reference REF --methods gradcam``
-    reports the same KLD, NSS, AUPRC, marker mass and consistency for each version.
-
-    Returns ``ref -> {"means": {kld, nss, auprc, marker_mass}, "per_case": {kld, nss} (arrays in sorted
-    case-key order), "consistency": float | None, "n_with_finding": int}``.
-
-    Raises:
-        ScienceError: the audit reported an error for a version (a method or check failed).
-    """
-    from audit.policy import load_policy
-    from audit.runner import AuditConfig, run_audit
-
-    config = AuditConfig(
-        registry=Path(registry),
-        models=list(refs),
-        reference=Path(reference),
-        policy=load_policy(None),
-        methods=["gradcam"],
-        checks=list(SCORED_CHECKS),
-        history_path=None,
-        jobs=jobs,
-    )
-    report = run_audit(config)
-    out: dict[str, dict[str, Any]] = {}
-    for audit in report.models:
-        if audit.errors:
-            raise ScienceError(f"auditing {audit.ref} failed: {'; '.join(audit.errors)}")
-        gaze = audit.result("gaze", "gradcam")
-        loc = audit.result("localisation", "gradcam")
-        short = audit.result("shortcut", "gradcam")
-        if gaze is None or loc is None or short is None:
-            raise ScienceError(f"the audit of {audit.ref} returned no gaze/localisation/shortcut result")
-        keys = sorted(gaze.values["kld"])
-        cons = audit.result("consistency", "gradcam")
-        out[audit.ref] = {
-            "means": {
-                "kld": gaze.summaries["kld"].mean,
-                "nss": gaze.summaries["nss"].mean,
-                "auprc": loc.summaries["auprc"].mean,
-                "marker_mass": short.summaries["marker_mass"].mean,
-            },
-            "per_case": {"kld": gaze.array("kld", keys), "nss": gaze.array("nss", keys)},
-            "consistency": cons.summaries["consistency"].mean if cons is not None else None,
-            "n_with_finding": int(loc.summaries["auprc"].n),
-        }
-    return out
+#: A paired test's p-value of per-image scores ``a`` vs ``b`` (the composition root passes the audit's paired
+#: t-test, :func:`audit.science.paired_pvalue`).
+PairedPValue = Callable[[np.ndarray, np.ndarray], float]
 
 
 # --------------------------------------------------------------------------------------------- one run
@@ -304,6 +256,9 @@ def run_science(
     seeds: int | None = None,
     jobs: int = 1,
     recipes: Sequence[str] | None = None,
+    score_explanations: ExplanationScorer,
+    paired_pvalue: PairedPValue,
+    scored_checks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the benchmark into ``out`` and return the results table (also ``out/results.{json,md}``).
 
@@ -315,11 +270,13 @@ def run_science(
         seeds: override the preset's seed count.
         jobs: worker processes training runs in parallel (one thread each).
         recipes: subset of :data:`RECIPES` (``baseline`` is always added: the paired tests need it).
+        score_explanations: scores the published versions' explanations (:data:`ExplanationScorer`).
+        paired_pvalue: the paired test of per-image scores against the baseline (:data:`PairedPValue`).
+        scored_checks: the audit checks ``score_explanations`` runs (recorded in ``results.json``).
 
     Raises:
         ScienceError: unknown preset / recipe, or ``out`` already holds results.
     """
-    from audit.metrics import paired_t_test
     from training.publish import publish_run
 
     if isinstance(preset, str):
@@ -411,7 +368,7 @@ def run_science(
                 continue
             a = np.nanmean(np.stack(per_image[recipe][m]), axis=0)
             b = np.nanmean(np.stack(base[m]), axis=0)
-            row[f"{m}_p_vs_baseline"] = _finite_or_none(paired_t_test(a, b).pvalue)
+            row[f"{m}_p_vs_baseline"] = _finite_or_none(paired_pvalue(a, b))
 
     table = {
         "format": 1,
@@ -422,7 +379,7 @@ def run_science(
             "n_test": len(label),
             "n_test_with_finding": next(iter(audits.values()))["n_with_finding"],
             "registry": str(registry_dir),
-            "audit": {"reference": str(reversed_root), "checks": list(SCORED_CHECKS), "method": "gradcam"},
+            "audit": {"reference": str(reversed_root), "checks": list(scored_checks), "method": "gradcam"},
             "no_shortcut_split": "test split of the same-seed phantom with test_shortcut=decorrelated",
             "seconds": time.perf_counter() - t0,
             "published": published,

@@ -44,10 +44,21 @@ def science_command(
     recipe: list[str] | None = typer.Option(None, "--recipe", help="Only these recipes (+ baseline)."),
 ) -> None:
     """Train the benchmark's recipes on the shortcut phantom and write the results table."""
+    from audit.science import SCORED_CHECKS, paired_pvalue, score_explanations
     from training.science import ScienceError, render_markdown, run_science
 
     try:
-        table = run_science(preset, out, registry=registry, seeds=seeds, jobs=jobs, recipes=recipe or None)
+        table = run_science(
+            preset,
+            out,
+            registry=registry,
+            seeds=seeds,
+            jobs=jobs,
+            recipes=recipe or None,
+            score_explanations=score_explanations,
+            paired_pvalue=paired_pvalue,
+            scored_checks=SCORED_CHECKS,
+        )
     except ScienceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
