@@ -12,6 +12,14 @@ is dropped with a 503 ``overloaded`` problem. BentoML's own adaptive batching se
 (calling the batchable API from a route is an HTTP round trip through the service with the tensor
 serialised as JSON), hence this small batcher for the DICOM routes.
 
+**Admission control.** :class:`Admission` bounds, per worker, the DICOM bodies decoded and preprocessed at
+once (``max_concurrent_decodes``: the full-size pixel arrays are what costs memory) and the requests admitted
+to wait for a decode slot (``max_queued``). A request that finds every place taken is refused *before* its
+body is read (503 ``overloaded`` with ``Retry-After``), so memory stays bounded by
+``(max_concurrent_decodes + max_queued) x max_request_bytes`` of bodies plus the in-flight decodes, whatever
+the load. After a large request the runtime hands freed heap back to the operating system
+(:func:`release_free_heap`, glibc ``malloc_trim``; docs/benchmarks.md has the measurements).
+
 **Ensemble disagreement.** For an ensemble (:attr:`serving.pipeline.ServedModel.is_ensemble`) with
 ``ensemble_disagreement`` on, every batch also runs the members on the torch twin
 (:meth:`~serving.pipeline.ServedModel.member_probs`) unless the backend already returned ``member_probs``;
@@ -22,12 +30,16 @@ the cost is amortised by the same adaptive batch, and the member twin is loaded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -43,7 +55,15 @@ from serving.metrics import ServingMetrics, get_metrics
 from serving.pipeline import ServedModel, load_served_model, offered_methods, resolve_model_refs, warm_up
 from serving.settings import ServeSettings
 
-__all__ = ["MicroBatcher", "OverloadedError", "Runtime", "active_runtime", "set_active_runtime"]
+__all__ = [
+    "Admission",
+    "MicroBatcher",
+    "OverloadedError",
+    "Runtime",
+    "active_runtime",
+    "release_free_heap",
+    "set_active_runtime",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +82,79 @@ def active_runtime() -> Runtime | None:
 
 
 class OverloadedError(Exception):
-    """The adaptive batcher dropped a request that would exceed ``max_latency_ms``."""
+    """The adaptive batcher dropped a request that would exceed ``max_latency_ms``, or admission control
+    refused it (:class:`Admission`); ``detail`` says which."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or "overloaded")
+        self.detail = detail
+
+
+class Admission:
+    """Admission control of one worker (see the module docstring): at most ``max_active`` decodes at once
+    (:meth:`decoding`) and at most ``max_active + max_queued`` requests admitted (:meth:`admit`).
+
+    Both are used from the worker's event loop only, so the admitted count needs no lock.
+    """
+
+    def __init__(self, max_active: int, max_queued: int) -> None:
+        self.max_active = int(max_active)
+        self.capacity = int(max_active) + int(max_queued)
+        self.admitted = 0
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """The decode slots (created lazily: a limiter belongs to the event loop that first uses it)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.max_active)
+        return self._limiter
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a place for one request (enter before reading its body).
+
+        Raises:
+            OverloadedError: every place is taken.
+        """
+        if self.admitted >= self.capacity:
+            raise OverloadedError(
+                "Every decode slot and queue place of this worker is taken; retry after the indicated time."
+            )
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    @contextlib.asynccontextmanager
+    async def decoding(self) -> AsyncIterator[None]:
+        """Hold a decode slot (waits for one; the wait is bounded by :meth:`admit`'s capacity)."""
+        async with self.limiter:
+            yield
+
+
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        lib.malloc_trim  # noqa: B018 - glibc only (musl has none)
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def release_free_heap() -> bool:
+    """glibc ``malloc_trim(0)``: return the free memory at the top of every malloc arena (and whole free
+    pages inside them) to the operating system. ``False`` where the C library has no ``malloc_trim``."""
+    lib = _libc()
+    if lib is None:
+        return False
+    lib.malloc_trim(0)
+    return True
 
 
 class MicroBatcher:
@@ -147,6 +239,7 @@ class Runtime:
         self._watches: dict[str, ArtifactWatch] = {}
         self._lock = threading.Lock()
         self.twin_limiter = anyio.CapacityLimiter(1)
+        self.admission = Admission(settings.max_concurrent_decodes, settings.max_queued)
         if load:
             self.load()
 
@@ -250,6 +343,13 @@ class Runtime:
         configured ``retry_after_s``."""
         value = getattr(exc, "retry_after_s", None)
         return int(value) if value else self.settings.retry_after_s
+
+    async def after_large_request(self, body_bytes: int) -> None:
+        """Hand freed heap back to the OS after a request of at least ``malloc_trim_bytes`` (in a worker
+        thread; trimming a large heap takes milliseconds)."""
+        threshold = self.settings.malloc_trim_bytes
+        if threshold and body_bytes >= threshold:
+            await anyio.to_thread.run_sync(release_free_heap)
 
     # ------------------------------------------------------------------ lookup
 
