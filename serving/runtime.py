@@ -18,7 +18,8 @@ to wait for a decode slot (``max_queued``). A request that finds every place tak
 body is read (503 ``overloaded`` with ``Retry-After``), so memory stays bounded by
 ``(max_concurrent_decodes + max_queued) x max_request_bytes`` of bodies plus the in-flight decodes, whatever
 the load. After a large request the runtime hands freed heap back to the operating system
-(:func:`release_free_heap`, glibc ``malloc_trim``; docs/benchmarks.md has the measurements).
+(:func:`release_free_heap`, glibc ``malloc_trim``), and the worker's threads share ``malloc_arena_max``
+malloc arenas (:func:`limit_malloc_arenas`); docs/benchmarks.md has the measurements.
 
 **Ensemble disagreement.** For an ensemble (:attr:`serving.pipeline.ServedModel.is_ensemble`) with
 ``ensemble_disagreement`` on, every batch also runs the members on the torch twin
@@ -61,6 +62,7 @@ __all__ = [
     "OverloadedError",
     "Runtime",
     "active_runtime",
+    "limit_malloc_arenas",
     "release_free_heap",
     "set_active_runtime",
 ]
@@ -145,6 +147,20 @@ def _libc() -> Any:
     except (OSError, AttributeError):
         return None
     return lib
+
+
+#: glibc ``mallopt`` parameter number of ``M_ARENA_MAX`` (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """glibc ``mallopt(M_ARENA_MAX, n)``: threads created from now on share at most ``n`` malloc arenas, so
+    that memory freed by one decode thread is reused by the next instead of staying in a thread's own arena.
+    ``False`` where the C library is not glibc or ``n`` is 0 (leave the default)."""
+    lib = _libc()
+    if lib is None or n <= 0:
+        return False
+    return bool(lib.mallopt(_M_ARENA_MAX, int(n)))
 
 
 def release_free_heap() -> bool:
@@ -240,6 +256,7 @@ class Runtime:
         self._lock = threading.Lock()
         self.twin_limiter = anyio.CapacityLimiter(1)
         self.admission = Admission(settings.max_concurrent_decodes, settings.max_queued)
+        limit_malloc_arenas(settings.malloc_arena_max)
         if load:
             self.load()
 

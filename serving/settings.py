@@ -138,6 +138,15 @@ class ServeSettings(BaseSettings):
             "refused before its body is read: 503 'overloaded' with Retry-After."
         ),
     )
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description=(
+            "glibc malloc arenas per worker (mallopt M_ARENA_MAX, set at start-up): fewer arenas keep less "
+            "freed memory per decode thread (docs/benchmarks.md, serving memory). 0: glibc's default "
+            "(8 per core)."
+        ),
+    )
     malloc_trim_bytes: int = Field(
         8 * 2**20,
         ge=0,
