@@ -348,7 +348,7 @@ async def admitted_dicom(request: Request, rt: Runtime) -> AsyncIterator[tuple[b
             yield data, params
         finally:
             del data
-    await rt.after_large_request(size)
+    rt.after_large_request(size)
 
 
 async def dicom_body(

@@ -257,6 +257,7 @@ class Runtime:
         self.twin_limiter = anyio.CapacityLimiter(1)
         self.admission = Admission(settings.max_concurrent_decodes, settings.max_queued)
         limit_malloc_arenas(settings.malloc_arena_max)
+        self._trimming = False
         if load:
             self.load()
 
@@ -361,12 +362,19 @@ class Runtime:
         value = getattr(exc, "retry_after_s", None)
         return int(value) if value else self.settings.retry_after_s
 
-    async def after_large_request(self, body_bytes: int) -> None:
-        """Hand freed heap back to the OS after a request of at least ``malloc_trim_bytes`` (in a worker
-        thread; trimming a large heap takes milliseconds)."""
+    def after_large_request(self, body_bytes: int) -> None:
+        """Hand freed heap back to the OS after a request of at least ``malloc_trim_bytes``: in a thread of
+        the event loop's default executor, not awaited (a trim takes 2-20 ms; the answer does not wait for
+        it), and at most one at a time (concurrent large requests share one trim)."""
         threshold = self.settings.malloc_trim_bytes
-        if threshold and body_bytes >= threshold:
-            await anyio.to_thread.run_sync(release_free_heap)
+        if not threshold or body_bytes < threshold or self._trimming:
+            return
+        self._trimming = True
+
+        def done(_: object) -> None:
+            self._trimming = False
+
+        asyncio.get_running_loop().run_in_executor(None, release_free_heap).add_done_callback(done)
 
     # ------------------------------------------------------------------ lookup
 

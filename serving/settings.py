@@ -148,7 +148,7 @@ class ServeSettings(BaseSettings):
         ),
     )
     malloc_trim_bytes: int = Field(
-        8 * 2**20,
+        2**20,
         ge=0,
         description=(
             "After a request whose body is at least this large, hand freed heap memory back to the "
