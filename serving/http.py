@@ -22,6 +22,13 @@ query parameters; form fields win. Bodies are read as a stream against ``max_req
 (:func:`dicom_body`, a dependency): a declared ``Content-Length`` over the limit is refused before a byte is
 read, a chunked body as soon as it passes the limit.
 
+**Admission control** (:class:`serving.runtime.Admission`): :func:`dicom_body` takes a place for the request
+*before* reading its body and holds it until the route returns (503 ``overloaded`` with ``Retry-After`` when
+every place of the worker is taken); decode + preprocessing run under the worker's decode slots
+(``max_concurrent_decodes``). ``/v1/predict`` decodes a JPEG 2000 film at a reduced resolution level
+(:func:`predict_only`, ``min_side`` = :func:`serving.pipeline.decode_side`); ``/v1/explain`` decodes in full,
+its maps are on the radiograph's native grid.
+
 Every failure is an ``application/problem+json`` answer (:mod:`serving.problems`): the route class
 :class:`ProblemRoute` maps every exception a route raises (and request validation errors) to a problem, so bad
 input is always 4xx and leaves the service ready. Log records name error codes and exception types only,
@@ -32,11 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.message
 import email.utils
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -91,7 +99,7 @@ def _problem_for(exc: BaseException, rt: Runtime | None) -> problems.Problem:
     if isinstance(exc, dicomweb.MultipartError):
         return problems.invalid_parameter(str(exc))
     if isinstance(exc, OverloadedError):
-        return problems.overloaded(retry)
+        return problems.overloaded(retry, exc.detail)
     if isinstance(exc, BackendUnavailableError):
         return problems.backend_unavailable(retry)
     if isinstance(exc, pipeline.TargetError):
@@ -328,15 +336,36 @@ async def read_dicom_request(request: Request, limit: int) -> tuple[bytes, dict[
     return data, params
 
 
+@contextlib.asynccontextmanager
+async def admitted_dicom(request: Request, rt: Runtime) -> AsyncIterator[tuple[bytes, dict[str, str]]]:
+    """Admission (:meth:`serving.runtime.Admission.admit`, before a byte of the body is read), then the
+    request's DICOM and parameters under the request size limit; the place is held until the block exits,
+    then freed heap is handed back to the OS after a large body (:meth:`Runtime.after_large_request`).
+
+    Raises:
+        OverloadedError: every place of this worker is taken (a 503 ``overloaded`` problem).
+    """
+    size = 0
+    async with rt.admission.admit():
+        data, params = await read_dicom_request(request, _limit(rt))
+        size = len(data)
+        try:
+            yield data, params
+        finally:
+            del data
+    rt.after_large_request(size)
+
+
 async def dicom_body(
     request: Request, rt: Annotated[Runtime, Depends(runtime)]
-) -> tuple[bytes, dict[str, str]]:
-    """Dependency: the request's DICOM and parameters under the request size limit."""
-    return await read_dicom_request(request, _limit(rt))
+) -> AsyncIterator[tuple[bytes, dict[str, str]]]:
+    """Dependency: :func:`admitted_dicom` for the duration of the route function (``scope="function"``)."""
+    async with admitted_dicom(request, rt) as body:
+        yield body
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
-DicomDep = Annotated[tuple[bytes, dict[str, str]], Depends(dicom_body)]
+DicomDep = Annotated[tuple[bytes, dict[str, str]], Depends(dicom_body, scope="function")]
 
 
 # ------------------------------------------------------------------------------------------ OpenAPI pieces
@@ -418,22 +447,43 @@ Include = Annotated[
 
 
 async def _ingest_and_prepare(
-    rt: Runtime, model: pipeline.ServedModel, data: bytes, timings: dict[str, float]
+    rt: Runtime,
+    model: pipeline.ServedModel,
+    data: bytes,
+    timings: dict[str, float],
+    *,
+    reduced: bool = False,
 ) -> pipeline.PreparedInput:
-    t0 = time.perf_counter()
-    image = await anyio.to_thread.run_sync(pipeline.ingest, data, rt.settings.ingest)
-    t1 = time.perf_counter()
-    prepared = await anyio.to_thread.run_sync(pipeline.prepare, image, model.card)
+    min_side = pipeline.decode_side(model.card) if reduced else None
+    async with rt.admission.decoding():  # the worker's decode slots: full-size pixel arrays exist only here
+        t0 = time.perf_counter()
+        image = await anyio.to_thread.run_sync(
+            lambda: pipeline.ingest(data, rt.settings.ingest, min_side=min_side)
+        )
+        t1 = time.perf_counter()
+        prepared = await anyio.to_thread.run_sync(pipeline.prepare, image, model.card)
+        del image
     timings["ingest_ms"] = 1000 * (t1 - t0)
     timings["preprocess_ms"] = 1000 * (time.perf_counter() - t1)
+    rt.metrics.decodes_total.labels(level=str(prepared.image.level)).inc()
     return prepared
 
 
 async def predict_one(
-    rt: Runtime, model: pipeline.ServedModel, data: bytes, timings: dict[str, float]
+    rt: Runtime,
+    model: pipeline.ServedModel,
+    data: bytes,
+    timings: dict[str, float],
+    *,
+    reduced: bool = False,
 ) -> tuple[dict[str, Any], pipeline.PreparedInput, Any]:
-    """Ingest → prepare → batched inference → prediction record (shared by predict, explain and STOW)."""
-    prepared = await _ingest_and_prepare(rt, model, data, timings)
+    """Ingest → prepare → batched inference → prediction record (shared by predict, explain and STOW).
+
+    ``reduced``: only the prediction is needed, so a JPEG 2000 film may be decoded at a reduced resolution
+    level (``min_side`` = :func:`serving.pipeline.decode_side`); ``prepared.image`` is then *not* on the
+    radiograph's native grid. Default: the full decode (explanations map back to the native grid).
+    """
+    prepared = await _ingest_and_prepare(rt, model, data, timings, reduced=reduced)
     t0 = time.perf_counter()
     out = await rt.infer(model, prepared.x)
     timings["inference_ms"] = 1000 * (time.perf_counter() - t0)
@@ -444,6 +494,14 @@ async def predict_one(
     if (record["uncertainty"]["ood"] or {}).get("ood"):
         rt.metrics.ood_total.labels(model=model.name).inc()
     return record, prepared, out
+
+
+async def predict_only(
+    rt: Runtime, model: pipeline.ServedModel, data: bytes, timings: dict[str, float]
+) -> tuple[dict[str, Any], pipeline.PreparedInput, Any]:
+    """:func:`predict_one` with the reduced decode: for callers that need only the prediction record
+    (``/v1/predict``; STOW-RS when it returns predictions only)."""
+    return await predict_one(rt, model, data, timings, reduced=True)
 
 
 def _choice(params: dict[str, str], key: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -556,7 +614,7 @@ def create_app() -> FastAPI:
         data, params = body
         served = rt.model(params.get("model"))
         timings: dict[str, float] = {}
-        record, _, _ = await predict_one(rt, served, data, timings)
+        record, _, _ = await predict_only(rt, served, data, timings)
         timings["total_ms"] = 1000 * (time.perf_counter() - t0)
         record["timings_ms"] = timings
         return record

@@ -132,6 +132,7 @@ class ServingMetrics:
     request_duration: Any
     request_in_progress: Any
     last_request: Any
+    decodes_total: Any
 
 
 @cache
@@ -203,6 +204,12 @@ def get_metrics() -> ServingMetrics:
             "Unix time of the last request (maximum over workers).",
             ["service_name", "service_version", "runner_name"],
             multiprocess_mode="max",
+        ),
+        decodes_total=Counter(
+            "mimicry_decodes",
+            "DICOM images decoded, by resolution level (0: full; r: a JPEG 2000 film decoded r levels "
+            "down for a prediction).",
+            ["level"],
         ),
     )
 

@@ -20,7 +20,8 @@ unsupported_media_type 415     the Content-Type is not one the endpoint accepts
 unknown_method         422     the saliency method is not offered
 unsupported_format     422     the explanation format cannot be produced for this request
 backend_unavailable    503     the inference backend (e.g. Triton) cannot be reached (``Retry-After``)
-overloaded             503     the adaptive batcher dropped the request after ``max_latency_ms``
+overloaded             503     the adaptive batcher dropped the request after ``max_latency_ms``, or every
+                               decode slot and queue place was taken (``max_concurrent_decodes``)
 not_ready              503     models are still loading / warming up
 request_timeout        504     the request ran longer than ``request_timeout_s``
 internal_error         500     a bug: never caused by input; logged without request content
@@ -193,12 +194,12 @@ def backend_unavailable(retry_after_s: int, detail: str = "The inference backend
     )
 
 
-def overloaded(retry_after_s: int) -> Problem:
+def overloaded(retry_after_s: int, detail: str | None = None) -> Problem:
     return Problem(
         503,
         "overloaded",
         "The service is overloaded",
-        "The request waited longer than the batching latency budget.",
+        detail or "The request waited longer than the batching latency budget.",
         headers={"Retry-After": str(retry_after_s)},
     )
 

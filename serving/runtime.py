@@ -12,6 +12,15 @@ is dropped with a 503 ``overloaded`` problem. BentoML's own adaptive batching se
 (calling the batchable API from a route is an HTTP round trip through the service with the tensor
 serialised as JSON), hence this small batcher for the DICOM routes.
 
+**Admission control.** :class:`Admission` bounds, per worker, the DICOM bodies decoded and preprocessed at
+once (``max_concurrent_decodes``: the full-size pixel arrays are what costs memory) and the requests admitted
+to wait for a decode slot (``max_queued``). A request that finds every place taken is refused *before* its
+body is read (503 ``overloaded`` with ``Retry-After``), so memory stays bounded by
+``(max_concurrent_decodes + max_queued) x max_request_bytes`` of bodies plus the in-flight decodes, whatever
+the load. After a large request the runtime hands freed heap back to the operating system
+(:func:`release_free_heap`, glibc ``malloc_trim``), and the worker's threads share ``malloc_arena_max``
+malloc arenas (:func:`limit_malloc_arenas`); docs/benchmarks.md has the measurements.
+
 **Ensemble disagreement.** For an ensemble (:attr:`serving.pipeline.ServedModel.is_ensemble`) with
 ``ensemble_disagreement`` on, every batch also runs the members on the torch twin
 (:meth:`~serving.pipeline.ServedModel.member_probs`) unless the backend already returned ``member_probs``;
@@ -22,12 +31,16 @@ the cost is amortised by the same adaptive batch, and the member twin is loaded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -43,7 +56,16 @@ from serving.metrics import ServingMetrics, get_metrics
 from serving.pipeline import ServedModel, load_served_model, offered_methods, resolve_model_refs, warm_up
 from serving.settings import ServeSettings
 
-__all__ = ["MicroBatcher", "OverloadedError", "Runtime", "active_runtime", "set_active_runtime"]
+__all__ = [
+    "Admission",
+    "MicroBatcher",
+    "OverloadedError",
+    "Runtime",
+    "active_runtime",
+    "limit_malloc_arenas",
+    "release_free_heap",
+    "set_active_runtime",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +84,93 @@ def active_runtime() -> Runtime | None:
 
 
 class OverloadedError(Exception):
-    """The adaptive batcher dropped a request that would exceed ``max_latency_ms``."""
+    """The adaptive batcher dropped a request that would exceed ``max_latency_ms``, or admission control
+    refused it (:class:`Admission`); ``detail`` says which."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or "overloaded")
+        self.detail = detail
+
+
+class Admission:
+    """Admission control of one worker (see the module docstring): at most ``max_active`` decodes at once
+    (:meth:`decoding`) and at most ``max_active + max_queued`` requests admitted (:meth:`admit`).
+
+    Both are used from the worker's event loop only, so the admitted count needs no lock.
+    """
+
+    def __init__(self, max_active: int, max_queued: int) -> None:
+        self.max_active = int(max_active)
+        self.capacity = int(max_active) + int(max_queued)
+        self.admitted = 0
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """The decode slots (created lazily: a limiter belongs to the event loop that first uses it)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.max_active)
+        return self._limiter
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a place for one request (enter before reading its body).
+
+        Raises:
+            OverloadedError: every place is taken.
+        """
+        if self.admitted >= self.capacity:
+            raise OverloadedError(
+                "Every decode slot and queue place of this worker is taken; retry after the indicated time."
+            )
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    @contextlib.asynccontextmanager
+    async def decoding(self) -> AsyncIterator[None]:
+        """Hold a decode slot (waits for one; the wait is bounded by :meth:`admit`'s capacity)."""
+        async with self.limiter:
+            yield
+
+
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        lib.malloc_trim  # noqa: B018 - glibc only (musl has none)
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+#: glibc ``mallopt`` parameter number of ``M_ARENA_MAX`` (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """glibc ``mallopt(M_ARENA_MAX, n)``: threads created from now on share at most ``n`` malloc arenas, so
+    that memory freed by one decode thread is reused by the next instead of staying in a thread's own arena.
+    ``False`` where the C library is not glibc or ``n`` is 0 (leave the default)."""
+    lib = _libc()
+    if lib is None or n <= 0:
+        return False
+    return bool(lib.mallopt(_M_ARENA_MAX, int(n)))
+
+
+def release_free_heap() -> bool:
+    """glibc ``malloc_trim(0)``: return the free memory at the top of every malloc arena (and whole free
+    pages inside them) to the operating system. ``False`` where the C library has no ``malloc_trim``."""
+    lib = _libc()
+    if lib is None:
+        return False
+    lib.malloc_trim(0)
+    return True
 
 
 class MicroBatcher:
@@ -147,6 +255,9 @@ class Runtime:
         self._watches: dict[str, ArtifactWatch] = {}
         self._lock = threading.Lock()
         self.twin_limiter = anyio.CapacityLimiter(1)
+        self.admission = Admission(settings.max_concurrent_decodes, settings.max_queued)
+        limit_malloc_arenas(settings.malloc_arena_max)
+        self._trimming = False
         if load:
             self.load()
 
@@ -250,6 +361,20 @@ class Runtime:
         configured ``retry_after_s``."""
         value = getattr(exc, "retry_after_s", None)
         return int(value) if value else self.settings.retry_after_s
+
+    def after_large_request(self, body_bytes: int) -> None:
+        """Hand freed heap back to the OS after a request of at least ``malloc_trim_bytes``: in a thread of
+        the event loop's default executor, not awaited (a trim takes 2-20 ms; the answer does not wait for
+        it), and at most one at a time (concurrent large requests share one trim)."""
+        threshold = self.settings.malloc_trim_bytes
+        if not threshold or body_bytes < threshold or self._trimming:
+            return
+        self._trimming = True
+
+        def done(_: object) -> None:
+            self._trimming = False
+
+        asyncio.get_running_loop().run_in_executor(None, release_free_heap).add_done_callback(done)
 
     # ------------------------------------------------------------------ lookup
 

@@ -120,6 +120,41 @@ class ServeSettings(BaseSettings):
     max_latency_ms: int = Field(
         10_000, ge=1, description="Adaptive batching: longest a request may wait (503 'overloaded' beyond)."
     )
+    max_concurrent_decodes: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Admission control, per worker: DICOM bodies decoded and preprocessed at once (the full-size "
+            "pixel arrays of a film are what costs memory). 1 per worker fits a 2-core pod running the "
+            "default 2 workers; raise it with the cores per worker."
+        ),
+    )
+    max_queued: int = Field(
+        16,
+        ge=0,
+        description=(
+            "Admission control, per worker: requests admitted beyond 'max_concurrent_decodes' (each holds "
+            "at most 'max_request_bytes' of body while it waits). A request arriving when all are taken is "
+            "refused before its body is read: 503 'overloaded' with Retry-After."
+        ),
+    )
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description=(
+            "glibc malloc arenas per worker (mallopt M_ARENA_MAX, set at start-up): fewer arenas keep less "
+            "freed memory per decode thread (docs/benchmarks.md, serving memory). 0: glibc's default "
+            "(8 per core)."
+        ),
+    )
+    malloc_trim_bytes: int = Field(
+        2**20,
+        ge=0,
+        description=(
+            "After a request whose body is at least this large, hand freed heap memory back to the "
+            "operating system (glibc malloc_trim; docs/benchmarks.md, serving memory). 0: never."
+        ),
+    )
     request_timeout_s: float | None = Field(
         600.0,
         gt=0,

@@ -718,16 +718,21 @@ def _display(
     if voi is None:
         voi = _apply_window(modality_values, ds)
     if voi is None:
-        values = modality_values.astype(np.float64)
+        values = modality_values
         low, high = _modality_output_range(ds, bits_stored, pixel_representation)
     else:
         values, low, high = voi
     if high == low:
         raise UnreadableDicomError("The pixel value transformation maps every stored value to one value.")
-    out = (np.asarray(values, dtype=np.float64) - low) / (high - low)
+    # Integer values of at most 16 bits (no rescale, no VOI: the usual DX film) are exact in float32, and so
+    # are their range ends: one correctly rounded float32 division, half the memory traffic of float64.
+    exact32 = np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2
+    out = np.array(values, dtype=np.float32 if exact32 else np.float64)  # a fresh array: updated in place
+    out -= low
+    out /= high - low
     np.clip(out, 0.0, 1.0, out=out)
     if photometric == "MONOCHROME1":
-        out = 1.0 - out
+        np.subtract(1.0, out, out=out)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
