@@ -1,5 +1,5 @@
-"""Benchmark the service against its raw backend, side by side in one run; prints JSON (issue 5, "Tests and
-evidence").
+"""Benchmark the service against its raw backend, side by side in one run; prints JSON (docs/serving.md,
+"Benchmark"; detector-size films against a floor service: bench/bench_detector.py).
 
 One run:
 

@@ -13,17 +13,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 THIS = "tests/test_docs.py"
-
-#: Files that still cite outside documents because other engineers were editing them when the citations were
-#: swept. TEMPORARY: the lead removes each entry once that file's citations are rewritten after the merge, and
-#: then empties this tuple for good. Do not add entries; rewrite the citation instead.
-PENDING: tuple[str, ...] = (
-    "bench/bench_serving.py",
-)
 
 #: A citation nobody with only the repository can follow.
 OUTSIDE_CITATION = re.compile(r"REFERENCE\.md|DESIGN\.md|\bissues?\s+#?\d+|\bseeds?\s+00\d", re.IGNORECASE)
@@ -88,20 +79,12 @@ def test_no_file_cites_an_outside_document() -> None:
     offenders = {
         rel: hits
         for rel, text in tracked_text_files().items()
-        if rel not in PENDING and (hits := outside_citations(text))
+        if (hits := outside_citations(text))
     }
     assert not offenders, (
         "cite docs/methods.md, docs/architecture.md, ... by section, or the paper, instead of shared notes, "
         f"issue or seed numbers: {offenders}"
     )
-
-
-@pytest.mark.parametrize("rel", PENDING)
-def test_pending_entry_is_still_needed(rel: str) -> None:
-    """An entry of ``PENDING`` whose file no longer cites anything outside must be removed from it."""
-    texts = tracked_text_files()
-    assert rel in texts, f"{rel} is not a tracked text file: remove it from PENDING"
-    assert outside_citations(texts[rel]), f"{rel} cites nothing outside any more: remove it from PENDING"
 
 
 def test_cited_docs_pages_exist() -> None:
