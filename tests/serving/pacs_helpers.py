@@ -85,7 +85,9 @@ def run_orthanc(
 
     ``dicomweb_servers``: the plugin's ``DicomWeb.Servers`` (remote DICOMweb services Orthanc can send a
     study to with ``POST /dicom-web/servers/{name}/stow``)."""
+    # The README test command installs both (scripts/system-deps.sh): missing is a broken set-up, not a skip.
     assert ORTHANC is not None, "Orthanc (Debian package orthanc) is missing: run scripts/system-deps.sh"
+    assert Path(DICOMWEB_PLUGIN).exists(), "orthanc-dicomweb is missing: run scripts/system-deps.sh"
     http_port, dicom_port = free_port(), free_port()
     (root / "storage").mkdir(parents=True, exist_ok=True)
     config = {
