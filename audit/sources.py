@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -173,8 +174,9 @@ class CaseMap:
         return unletterbox(self.model, self.letterbox)
 
 
-class MapSource:
-    """The boundary the scoring loop talks to (see :mod:`audit.scoring`); subclasses fill in the hooks."""
+class MapSource(ABC):
+    """The boundary the scoring loop talks to (see :mod:`audit.scoring`); subclasses implement the abstract
+    hooks (``explain``, ``occlusion_rows``, ``runtime_parity``) and may override the others."""
 
     mode: str = "whitebox"  #: recorded in the report, and in the cache key when not ``whitebox``
     mode_label: str = "white-box mode"  #: closes the N/A reasons
@@ -195,6 +197,7 @@ class MapSource:
         """The class index each case is explained for, when the source decides it up front (else ``None``)."""
         return None
 
+    @abstractmethod
     def explain(
         self,
         need: dict[str, list[int]],
@@ -203,17 +206,16 @@ class MapSource:
         targets: list[int] | None,
     ) -> dict[str, dict[int, CaseMap] | str]:
         """Maps of ``cases[j]`` for each ``j in need[method]``, or the method's error message if it failed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def occlusion_rows(
         self, positions: Sequence[int], cases: Sequence[ReferenceCase], errors: list[str]
     ) -> list[OcclusionRow] | None:
         """Counterfactual rows of one chunk (``None``: stop the check; the reason is in ``errors``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def runtime_parity(self, ctx: AuditContext, pairs: Pairs, k: int) -> CheckResult | None:
         """``runtime_reproducibility`` against a second runtime (``None``: not run)."""
-        raise NotImplementedError
 
 
 def model_sha256(card: ModelCard) -> str:

@@ -83,10 +83,6 @@ class MultipartError(ValueError):
     """The multipart/related body is malformed (answered 400)."""
 
 
-class _PartTooLarge(Exception):
-    pass
-
-
 def request_type(content_type: str) -> str:
     """Check the request's Content-Type and return its boundary.
 

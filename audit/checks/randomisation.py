@@ -52,6 +52,7 @@ from torch import nn
 from audit.checks.base import BootstrapSettings, CheckResult
 from audit.errors import CheckInputError
 from audit.metrics import spearman, ssim
+from mimicry.models.base import ModelContractError
 
 __all__ = [
     "MIN_STAGES",
@@ -107,7 +108,7 @@ def _within(name: str, unit: str) -> bool:
 def _cam_layer_name(model: nn.Module) -> str | None:
     try:
         cam = model.cam_layer  # type: ignore[attr-defined]
-    except (AttributeError, ValueError, NotImplementedError):  # e.g. an Ensemble's ModelContractError
+    except (AttributeError, ModelContractError):  # a plain module; an Ensemble (no single cam layer)
         return None
     if not isinstance(cam, nn.Module):
         return None

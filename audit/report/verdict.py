@@ -17,6 +17,7 @@ the recorded baseline. Non-gating criteria (``gate: false``) are left out. See d
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -246,16 +247,8 @@ def render_verdict(report: Mapping[str, Any], *, width: int = 100) -> str:
                 row.append(cell.status + (f" {number}" if number else ""))
         table.add_row(*row)
     table.add_row("overall", *("PASS" if mv.passed else "FAIL" for mv in verdicts), end_section=True)
-    console = Console(width=width, no_color=True, highlight=False, record=True, file=_Null())
+    console = Console(width=width, no_color=True, highlight=False, record=True, file=io.StringIO())
     console.print(table)
     for line in reading(verdicts):
         console.print(line, soft_wrap=True)
     return "\n".join(line.rstrip() for line in console.export_text(styles=False).splitlines()) + "\n"
-
-
-class _Null:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
