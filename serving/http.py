@@ -527,6 +527,23 @@ def _results_limiter(size: int) -> anyio.CapacityLimiter:
     return _results_limiter_of[0][1]
 
 
+async def _stow(
+    rt: Runtime, request: Request, study: str | None, model: str | None, include: str | None
+) -> Any:
+    """Both STOW-RS routes: the body streamed instance by instance, results pushed when configured."""
+    after, headers = _stow_results(rt)
+    return await dicomweb.stow_response(
+        rt,
+        request,
+        predict_one,
+        study=study,
+        include_predictions=include == "predictions",
+        model_ref=model,
+        after=after,
+        headers=headers,
+    )
+
+
 def _stow_results(rt: Runtime) -> tuple[dicomweb.AfterPredict | None, dict[str, str] | None]:
     """With a push destination (``push.kind`` not ``none``): the STOW-RS hook that builds every accepted
     instance's result objects (as the DICOM listener does: ``dimse.method``, ``dimse.segmentation_threshold``,
@@ -814,16 +831,7 @@ def create_app() -> FastAPI:
     async def stow(
         request: Request, rt: RuntimeDep, model: ModelQuery = None, include: Include = None
     ) -> Any:
-        after, headers = _stow_results(rt)
-        return await dicomweb.stow_response(
-            rt,
-            request,
-            predict_one,
-            include_predictions=include == "predictions",
-            model_ref=model,
-            after=after,
-            headers=headers,
-        )
+        return await _stow(rt, request, None, model, include)
 
     @app.post(
         "/dicomweb/studies/{study}",
@@ -838,17 +846,7 @@ def create_app() -> FastAPI:
     async def stow_study(
         request: Request, study: str, rt: RuntimeDep, model: ModelQuery = None, include: Include = None
     ) -> Any:
-        after, headers = _stow_results(rt)
-        return await dicomweb.stow_response(
-            rt,
-            request,
-            predict_one,
-            study=study,
-            include_predictions=include == "predictions",
-            model_ref=model,
-            after=after,
-            headers=headers,
-        )
+        return await _stow(rt, request, study, model, include)
 
     @app.get(
         "/metrics",

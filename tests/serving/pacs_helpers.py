@@ -157,3 +157,22 @@ def full_size(source: Dataset, rows: int = 3000, cols: int = 2500, *, htj2k: boo
     ds.SeriesInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
+
+
+def referenced_sources(srs: list[Any], segs: list[Any]) -> tuple[set[str], set[str]]:
+    """The source SOP Instance UIDs the result objects reference: the SRs' evidence sequence (TID 1500's
+    Current Requested Procedure Evidence) and the Segmentations' Referenced Series / Instance."""
+    sr_refs = {
+        str(
+            sr.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .ReferencedSOPSequence[0]
+            .ReferencedSOPInstanceUID
+        )
+        for sr in srs
+    }
+    seg_refs = {
+        str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
+        for seg in segs
+    }
+    return sr_refs, seg_refs

@@ -31,7 +31,7 @@ from pynetdicom import AE
 from mimicry.dicom.results import to_part10
 from serving.dimse import DimseListener, echo, serve_dimse
 from serving.settings import DimseSettings, ServeSettings
-from tests.serving.pacs_helpers import free_port, run_orthanc
+from tests.serving.pacs_helpers import free_port, referenced_sources, run_orthanc
 
 SECRET = "test-uid-secret"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -157,20 +157,8 @@ def test_orthanc_round_trip(registry_dir: Path, phantom_files, tmp_path: Path) -
     assert ComprehensiveSRStorage not in found
     assert len(srs) == 2
     assert len(segs) == 2
-    sr_refs = {
-        str(
-            sr.CurrentRequestedProcedureEvidenceSequence[0]
-            .ReferencedSeriesSequence[0]
-            .ReferencedSOPSequence[0]
-            .ReferencedSOPInstanceUID
-        )
-        for sr in srs
-    }
+    sr_refs, seg_refs = referenced_sources(srs, segs)
     assert sr_refs == srcs
-    seg_refs = {
-        str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
-        for seg in segs
-    }
     assert seg_refs == srcs
     big_seg = next(s for s in segs if (s.Rows, s.Columns) == (3000, 2500))
     assert big_seg.StudyInstanceUID == sources[0].StudyInstanceUID

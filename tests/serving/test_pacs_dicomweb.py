@@ -25,7 +25,7 @@ from pydicom.uid import SegmentationStorage
 
 from mimicry.dicom.results import to_part10
 from serving.launch import start_service
-from tests.serving.pacs_helpers import free_port, full_size, run_orthanc
+from tests.serving.pacs_helpers import free_port, full_size, referenced_sources, run_orthanc
 
 pytestmark = pytest.mark.integration  # Orthanc and its DICOMweb plugin missing: run_orthanc fails
 
@@ -135,20 +135,8 @@ def test_orthanc_forwards_a_study_over_stow_and_gets_the_results_back(
     print(f"dicomweb round trip: {len(sources)} sources, {len(srs)} SR, {len(segs)} SEG in the study")
     assert len(srs) == len(sources)  # every instance was answered and every result arrived
     assert len(segs) == len(sources)
-    sr_refs = {
-        str(
-            sr.CurrentRequestedProcedureEvidenceSequence[0]
-            .ReferencedSeriesSequence[0]
-            .ReferencedSOPSequence[0]
-            .ReferencedSOPInstanceUID
-        )
-        for sr in srs
-    }
+    sr_refs, seg_refs = referenced_sources(srs, segs)
     assert sr_refs == srcs
-    seg_refs = {
-        str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
-        for seg in segs
-    }
     assert seg_refs == srcs
     assert {str(d.StudyInstanceUID) for d in srs + segs} == {str(small.StudyInstanceUID)}
     assert sum((s.Rows, s.Columns) == (3000, 2500) for s in segs) == N_FULL
